@@ -1,0 +1,158 @@
+"""Seeded label-noise injection for the training split, and noisy-label files.
+
+Types
+- symmetric: exactly round(rate*N) samples move to a uniformly chosen other class;
+- asymmetric: within each class c, round(rate*N_c) samples move to PAIR_MAP[c], a FER
+  confusion map (anger<->disgust, fear->surprise, happy->neutral, sad->neutral,
+  surprise->anger, neutral->sad, contempt->disgust);
+- instance: flips concentrate on ambiguous samples.  With a ground-truth distribution the
+  flip probability is proportional to 1 - q(y) and the new label is drawn from q without y
+  (a confusable class); without one, Xia et al. (NeurIPS 2020)'s part-dependent scheme on
+  8x8 thumbnails is used (per-sample rate ~ N(rate, 0.1) clipped, flip target by a random
+  class-conditional projection).
+
+The clean labels stay beside the noisy ones; the realised rate and the transition matrix
+(rows: clean class, columns: noisy class, row-normalised) are reported.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ldl.data.dataset import FERData
+
+# Canonical indices: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt.
+PAIR_MAP = {0: 2, 1: 0, 2: 0, 3: 6, 4: 3, 5: 6, 6: 5, 7: 5}
+NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance")
+
+
+def _symmetric(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    noisy = labels.copy()
+    flip = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
+    shift = rng.integers(1, num_classes, size=len(flip))  # never the same class
+    noisy[flip] = (labels[flip] + shift) % num_classes
+    return noisy
+
+
+def _asymmetric(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    noisy = labels.copy()
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        target = PAIR_MAP[c]
+        if target >= num_classes or len(members) == 0:
+            continue
+        flip = rng.choice(members, size=int(round(rate * len(members))), replace=False)
+        noisy[flip] = target
+    return noisy
+
+
+def _instance(data: FERData, rate: float, rng: np.random.Generator) -> np.ndarray:
+    labels, c = data.labels, data.num_classes
+    noisy = labels.copy()
+    n = len(labels)
+    if data.dist is not None:
+        q = data.dist[:, :c].astype(np.float64)
+        ambiguity = 1 - q[np.arange(n), labels] + 1e-6
+        flip = rng.choice(n, size=int(round(rate * n)), replace=False, p=ambiguity / ambiguity.sum())
+        other = q[flip].copy()
+        other[np.arange(len(flip)), labels[flip]] = 0
+        empty = other.sum(1) == 0
+        other[empty] = 1
+        other[empty, labels[flip][empty]] = 0
+        other /= other.sum(1, keepdims=True)
+        noisy[flip] = (rng.random(len(flip))[:, None] > np.cumsum(other, 1)).sum(1).clip(max=c - 1)
+        return noisy
+    thumbs = _thumbnails(data.images).astype(np.float64)
+    thumbs = (thumbs - thumbs.mean(0)) / (thumbs.std(0) + 1e-6)
+    weights = rng.standard_normal((c, thumbs.shape[1], c))
+    per_sample_rate = np.clip(rng.normal(rate, 0.1, n), 0, 1)
+    for i in range(n):
+        scores = thumbs[i] @ weights[labels[i]]
+        scores[labels[i]] = -np.inf
+        p = np.exp(scores - scores.max())
+        p = per_sample_rate[i] * p / p.sum()
+        p[labels[i]] = 1 - per_sample_rate[i]
+        noisy[i] = rng.choice(c, p=p)
+    return noisy
+
+
+def _thumbnails(images: np.ndarray, side: int = 8) -> np.ndarray:
+    n, h, w, _ = images.shape
+    gray = np.asarray(images, dtype=np.float32).mean(-1)
+    return gray[:, : h - h % side, : w - w % side].reshape(n, side, h // side, side, w // side).mean((2, 4)).reshape(n, -1)
+
+
+def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def inject(data: FERData, noise_type: str, rate: float, seed: int) -> FERData:
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"data.noise.type must be one of {NOISE_TYPES}, got {noise_type!r}")
+    if not 0 <= rate <= 0.5:
+        raise ValueError(f"data.noise.rate must be within [0, 0.5], got {rate}")
+    clean = data.labels if data.clean_labels is None else data.clean_labels
+    rng = np.random.default_rng(seed)
+    base = replace(data, labels=clean)
+    if noise_type == "symmetric":
+        noisy = _symmetric(clean, rate, data.num_classes, rng)
+    elif noise_type == "asymmetric":
+        noisy = _asymmetric(clean, rate, data.num_classes, rng)
+    elif noise_type == "instance":
+        noisy = _instance(base, rate, rng)
+    else:
+        noisy = clean.copy()
+    return _with_noisy_labels(data, clean, noisy, {"type": noise_type, "rate": rate, "seed": seed})
+
+
+def _with_noisy_labels(data: FERData, clean: np.ndarray, noisy: np.ndarray, spec: dict) -> FERData:
+    info = dict(data.info)
+    info["noise"] = {**spec, "realised_rate": float((noisy != clean).mean()),
+                     "transition_matrix": transition_matrix(clean, noisy, data.num_classes).round(4).tolist()}
+    return replace(data, labels=noisy.astype(np.int64), clean_labels=clean.copy(), info=info)
+
+
+def write_noise_file(path: Path, data: FERData) -> None:
+    """CSV `name,label,clean_label` (canonical indices) that `data.noise.file` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "label", "clean_label"])
+        for name, label, clean in zip(data.names, data.labels, data.clean_labels):
+            writer.writerow([name, int(label), int(clean)])
+
+
+def read_noise_file(path: Path, data: FERData) -> FERData:
+    """Replace the training labels by those of a noisy-label file, matched by sample name."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.noise.file: {path} not found")
+    by_name: dict[str, int] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or header[:2] != ["name", "label"]:
+            raise ValueError(f"{path}:1: expected a header 'name,label[,clean_label]', got {header}")
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                label = int(row[1])
+            except (IndexError, ValueError):
+                raise ValueError(f"{path}:{line_no}: malformed line {row!r}") from None
+            if not 0 <= label < data.num_classes:
+                raise ValueError(f"{path}:{line_no}: label {label} outside 0..{data.num_classes - 1}")
+            by_name[row[0]] = label
+    missing = [str(n) for n in data.names if str(n) not in by_name]
+    if missing:
+        raise ValueError(f"{path}: no label for {len(missing)} training samples, e.g. {missing[:3]}")
+    clean = data.labels if data.clean_labels is None else data.clean_labels
+    noisy = np.array([by_name[str(n)] for n in data.names], dtype=np.int64)
+    return _with_noisy_labels(data, clean, noisy, {"type": "file", "file": str(path)})
+
+
+def apply_noise(data: FERData, noise_cfg) -> FERData:
+    if noise_cfg.type == "file":
+        return read_noise_file(Path(noise_cfg.file), data)
+    return inject(data, noise_cfg.type, float(noise_cfg.rate), int(noise_cfg.seed))

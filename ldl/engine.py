@@ -1,0 +1,111 @@
+"""train_one_epoch / evaluate, in the manner of the DeiT and DINO engines.
+
+The engine knows methods only through ldl.methods.base.Method: it asks for a step's loss,
+steps the optimisers (AMP-aware), and hands evaluation logits to the metrics.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ldl.data.dataset import BatchLoader
+from ldl.methods.base import Method
+from ldl.metrics import classification_metrics, distribution_metrics
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, device: torch.device,
+                    amp: bool = True, grad_clip: float = 0.0, progress: bool = True) -> dict[str, float]:
+    model.train(), method.train()
+    loader.set_epoch(epoch)
+    method.on_epoch_start(model, epoch)
+    extra = method.extra_optimizers()
+    totals: dict[str, float] = {}
+    seen, correct, start = 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not (progress and _is_main()), unit="batch")
+    for batch in bar:
+        with autocast(device, amp):
+            out = method.training_step(model, batch, epoch)
+        if not math.isfinite(out.loss.item()):
+            raise FloatingPointError(f"epoch {epoch + 1}: loss is {out.loss.item()}; lower optim.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        for opt in extra:
+            opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        for opt in extra:
+            opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        method.after_step(model, batch, out, epoch)
+        n = len(batch["label"])
+        seen += n
+        correct += int((out.logits.argmax(1) == batch["label"]).sum())
+        for key, value in {"loss": out.loss.item(), **out.logs}.items():
+            totals[key] = totals.get(key, 0.0) + value * n
+        bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    elapsed = time.perf_counter() - start
+    stats = {f"train_{k}": v / max(seen, 1) for k, v in totals.items()}
+    stats.update(train_accuracy=correct / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
+                 epoch_time=elapsed, train_images_per_s=seen / max(elapsed, 1e-9))
+    method.on_epoch_end(model, epoch)
+    return stats
+
+
+def _gather(tensor: torch.Tensor, count: int) -> torch.Tensor:
+    """Concatenate a tensor across ranks (equal shards), dropping the padding added by the loader."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    # Ranks hold interleaved shards (rank r: samples r, r+W, ...): restore the original order.
+    return torch.stack(parts, 1).reshape(-1, *tensor.shape[1:])[:count]
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
+                  amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax predictions and sample indices over a whole split, in loader order."""
+    model.eval(), method.eval()
+    probs, index = [], []
+    for batch in loader:
+        with autocast(device, amp):
+            logits = method.predict(model, batch["image"])
+        probs.append(torch.softmax(logits.float(), 1))
+        index.append(batch["index"])
+    probs_t, index_t = torch.cat(probs), torch.cat(index)
+    probs_t, index_t = _gather(probs_t, len(loader.data)), _gather(index_t, len(loader.data))
+    return probs_t.cpu().numpy(), index_t.cpu().numpy()
+
+
+def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
+             amp: bool = True, ece_bins: int = 15) -> dict:
+    """Accuracy, mean per-class accuracy, macro-F1, confusion matrix, ECE, NLL; the six LDL
+    measures when the split has ground-truth distributions."""
+    start = time.perf_counter()
+    probs, index = predict_probs(model, method, loader, device, amp)
+    data = loader.data
+    metrics = classification_metrics(data.labels[index], probs, ece_bins)
+    if data.dist is not None:
+        metrics.update(distribution_metrics(data.dist[index][:, : probs.shape[1]], probs))
+    metrics["eval_images_per_s"] = len(index) / max(time.perf_counter() - start, 1e-9)
+    return metrics

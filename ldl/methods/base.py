@@ -1,0 +1,111 @@
+"""The small interface through which the engine knows every method.
+
+A method is an nn.Module: its parameters (e.g. a calibration MLP) train with the model's
+optimiser, and its per-sample learned state (LDLVA's uncertainty, SLM's mined labels) lives
+in parameters or buffers indexed by training-sample index, so it is checkpointed with
+`state_dict()` and restored on resume.  Per-sample parameters that need their own optimiser
+are returned by `extra_optimizers()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from ldl.data.dataset import FERData
+
+
+@dataclass
+class MethodContext:
+    """What a method may know when it is built.  `train_data` is None when a method is only
+    rebuilt to evaluate a checkpoint: constructors must then only allocate state."""
+    num_classes: int
+    num_train: int
+    feature_dim: int
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    device: torch.device
+    train_data: FERData | None = None  # labels as trained on (possibly noisy), aux spaces, names
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Plain cross-entropy; every other method overrides what it changes."""
+
+    name = "ce"
+
+    def __init__(self, cfg: DictConfig, ctx: MethodContext):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, ctx.num_classes
+
+    def training_step(self, model: nn.Module, batch: dict, epoch: int) -> StepOutput:
+        out = model(batch["image"])
+        return StepOutput(F.cross_entropy(out["logits"], batch["label"]), out["logits"])
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits at evaluation; must not depend on the other images in the batch."""
+        return model(images)["logits"]
+
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        return []
+
+    def model_parameters(self) -> list[nn.Parameter]:
+        """Method parameters trained by the model's optimiser (all but per-sample ones)."""
+        owned = {id(p) for opt in self.extra_optimizers() for g in opt.param_groups for p in g["params"]}
+        return [p for p in self.parameters() if id(p) not in owned]
+
+    def after_step(self, model: nn.Module, batch: dict, out: StepOutput, epoch: int) -> None:
+        """Called after the optimisers stepped (e.g. SLM's label update)."""
+
+    def on_train_start(self, model: nn.Module, train_data: FERData) -> None:
+        """Once before the first epoch of a fresh run (not on resume): e.g. neighbour search."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    def sample_exports(self) -> dict[str, np.ndarray]:
+        """Per-training-sample outputs to export; 'noise_score' (higher = more likely mislabelled)
+        is scored as a noise detector when clean labels are known."""
+        return {}
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_c target_c log softmax(logits)_c."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+METHODS: dict[str, Callable[[DictConfig, MethodContext], Method]] = {"ce": Method}
+
+
+def register_method(name: str):
+    def wrap(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def build_method(cfg: DictConfig, ctx: MethodContext) -> Method:
+    import ldl.methods  # noqa: F401  (registers every method)
+    name = cfg.method.name
+    if name not in METHODS:
+        raise ValueError(f"unknown method.name '{name}'; available: {sorted(METHODS)}")
+    section = cfg.method.get(name, DictConfig({}))
+    return METHODS[name](section, ctx).to(ctx.device)

@@ -1,0 +1,74 @@
+"""Model registry: backbones by name, wrapped with a linear classification head."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ldl.models.resnet import ResNet, resnet18, resnet50
+
+BACKBONES: dict[str, Callable[..., ResNet]] = {"resnet18": resnet18, "resnet50": resnet50}
+
+
+def register_backbone(name: str) -> Callable:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BACKBONES[name] = fn
+        return fn
+    return wrap
+
+
+class FERNet(nn.Module):
+    """Backbone + global pooling + linear head.  forward() returns a dict so that methods
+    can use the pooled features (LDLVA, SCN, RUL, AEA) or the feature map (EAC)."""
+
+    def __init__(self, backbone: ResNet, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = backbone.out_dim
+        self.fc = nn.Linear(backbone.out_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, return_map: bool = False) -> dict[str, torch.Tensor]:
+        fmap = self.backbone(x)
+        features = torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, 1), 1)
+        out = {"features": features, "logits": self.fc(features)}
+        if return_map:
+            out["feature_map"] = fmap
+        return out
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> None:
+    """Load a local torchvision-style (or MS-Celeb) ResNet state dict; the fc layer is ignored."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"model.pretrained: weights file not found: {file} "
+                                "(weights are never downloaded; point the config at a local file)")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
+            f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}" if wrong else "",
+        ) if part)
+        raise ValueError(f"model.pretrained: {file} does not match the backbone: {detail}")
+    backbone.load_state_dict(state)
+
+
+def build_model(arch: str, num_classes: int, width: int = 64, stem: str = "imagenet",
+                pretrained: str | None = None) -> FERNet:
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown model.arch '{arch}'; available: {sorted(BACKBONES)}")
+    backbone = BACKBONES[arch](width=width, stem=stem)
+    if pretrained:
+        load_backbone_weights(backbone, pretrained)
+    return FERNet(backbone, num_classes)

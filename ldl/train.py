@@ -1,0 +1,254 @@
+"""The training job (DeiT's main.py): data, model, method, optimiser, epochs, records.
+
+`run_training(cfg)` starts a run; `run_training(cfg, resume_dir=...)` continues one from its
+latest checkpoint and ends with the same numbers as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from ldl import checkpoint
+from ldl.config import config_from_dict
+from ldl.data import BatchLoader, FERData, build_splits
+from ldl.data.augment import BatchAugment
+from ldl.engine import evaluate, predict_probs, train_one_epoch
+from ldl.methods.base import Method, MethodContext, build_method
+from ldl.metrics import noise_detection_metrics
+from ldl.models import FERNet, build_model
+from ldl.tracking import RunRecorder
+
+SCALAR_TYPES = (int, float)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available (use device=cpu)")
+    if dist.is_initialized() and name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def build_optimizer(cfg: DictConfig, params: list) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optim.name '{o.name}' (adam, adamw, sgd)")
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to min_lr_ratio * lr, stepped every iteration."""
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(cfg.optim.warmup_epochs * steps_per_epoch))
+    floor = cfg.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    name = cfg.run.name or f"{cfg.data.name}-{cfg.method.name}-s{cfg.seed}"
+    return Path(cfg.run.root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, SCALAR_TYPES) and not isinstance(v, bool)}
+
+
+class Job:
+    """Everything one run holds; built the same way for fresh, resumed and evaluation runs."""
+
+    def __init__(self, cfg: DictConfig, splits: dict[str, FERData], num_train: int | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.splits = splits
+        train = splits.get("train")
+        self.num_classes = cfg.data.num_classes
+        self.model: FERNet = build_model(cfg.model.arch, self.num_classes, cfg.model.width, cfg.model.stem,
+                                         cfg.model.pretrained).to(self.device)
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = cfg.channels_last and on_cuda
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_loader = None
+        if train is not None:
+            a = cfg.data.augment
+            per_rank_batch = cfg.optim.batch_size // self.world
+            self.train_loader = BatchLoader(
+                train, per_rank_batch, self.device, train=True, seed=cfg.seed,
+                augment=BatchAugment(flip=a.flip, pad_crop=a.pad_crop, erase_p=a.erase_p),
+                gpu_resident=cfg.data.gpu_resident, channels_last=self.channels_last,
+                rank=self.rank, world_size=self.world)
+        steps = len(self.train_loader) if self.train_loader is not None else 1
+        ctx = MethodContext(num_classes=self.num_classes, num_train=len(train) if train is not None else num_train,
+                            feature_dim=self.model.feature_dim, epochs=cfg.optim.epochs, steps_per_epoch=steps,
+                            batch_size=cfg.optim.batch_size, device=self.device, train_data=train)
+        self.method: Method = build_method(cfg, ctx)
+        self.optimizer = build_optimizer(cfg, list(self.model.parameters()) + self.method.model_parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer, steps)
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if on_cuda else None)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+    def eval_loader(self, split: str) -> BatchLoader:
+        return BatchLoader(self.splits[split], self.cfg.optim.eval_batch_size, self.device, train=False,
+                           gpu_resident=self.cfg.data.gpu_resident, channels_last=self.channels_last,
+                           rank=self.rank, world_size=self.world)
+
+    def state(self, epoch: int, history: list[dict], best: dict) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "model": self.model.state_dict(), "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "extra_optimizers": [o.state_dict() for o in self.method.extra_optimizers()],
+            "scheduler": self.scheduler.state_dict(), "history": history, "best": best,
+            "rng": checkpoint.rng_state(), "num_train": self.method_num_train(),
+        }
+
+    def method_num_train(self) -> int:
+        return len(self.splits["train"]) if "train" in self.splits else 0
+
+    def load_state(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        if weights_only:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        for opt, opt_state in zip(self.method.extra_optimizers(), state["extra_optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+
+
+def _export_samples(job: Job, path: Path) -> dict:
+    """Per-training-sample CSV (label, clean label, the model's small-loss score and every
+    method export) and the noise-detection scores of each 1-d score when clean labels exist."""
+    train = job.splits["train"]
+    probs, index = predict_probs(job.net, job.method, job.eval_loader("train"), job.device, job.cfg.amp)
+    order = np.argsort(index)
+    probs = probs[order]
+    columns: dict[str, np.ndarray] = {"name": train.names, "label": train.labels}
+    if train.clean_labels is not None:
+        columns["clean_label"] = train.clean_labels
+    columns["model_noise_score"] = 1 - probs[np.arange(len(train)), train.labels]
+    for key, value in job.method.sample_exports().items():
+        if value.ndim == 1:
+            columns[key] = value
+        else:
+            for c in range(value.shape[1]):
+                columns[f"{key}_{c}"] = value[:, c]
+    detection = {}
+    if train.clean_labels is not None and train.is_noisy.any():
+        for key in ("model_noise_score", "noise_score"):
+            if key in columns:
+                detection[key] = noise_detection_metrics(np.asarray(columns[key], dtype=float), train.is_noisy)
+    if job.rank == 0:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(columns))
+            for row in zip(*columns.values()):
+                writer.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
+    return detection
+
+
+def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, Any]:
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        state = checkpoint.load(resume_dir / "checkpoint.pt")
+        cfg = config_from_dict(state["config"])
+        cfg.run.dir = str(resume_dir)
+    else:
+        state = None
+    seed_everything(cfg.seed, cfg.deterministic)
+    splits = build_splits(cfg, tuple(dict.fromkeys(["train", *cfg.eval.splits])))
+    job = Job(cfg, splits)
+    run_dir = make_run_dir(cfg)
+    if state is None and run_dir.exists() and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
+    recorder = RunRecorder(run_dir, cfg, resume=state is not None, active=job.rank == 0)
+    history: list[dict] = []
+    best: dict = {"epoch": None, "val_accuracy": -1.0}
+    start_epoch = 0
+    if state is not None:
+        job.load_state(state)
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        recorder.rewrite_history(history)
+    else:
+        job.method.on_train_start(job.net, splits["train"])
+    eval_loaders = {split: job.eval_loader(split) for split in cfg.eval.splits}
+    train_start = time.perf_counter()
+    epochs = cfg.optim.epochs
+    last_eval: dict[str, dict] = {}
+    for epoch in range(start_epoch, epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # any in-method randomness replays on resume
+        stats = train_one_epoch(job.net, job.method, job.train_loader, job.optimizer, job.scheduler, epoch,
+                                job.device, cfg.amp, cfg.optim.grad_clip, cfg.log.progress)
+        record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
+            last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
+                         for split, loader in eval_loaders.items()}
+            record.update({split: _scalars(m) for split, m in last_eval.items()})
+            val_acc = last_eval.get("val", last_eval.get("test", {})).get("accuracy", -1.0)
+            if val_acc > best["val_accuracy"]:
+                best = {"epoch": epoch + 1, "val_accuracy": val_acc,
+                        **{split: m for split, m in last_eval.items() if split != "val"}}
+                if cfg.run.save_best and job.rank == 0:
+                    checkpoint.save_atomic(job.state(epoch + 1, history + [record], best), run_dir / "best.pt")
+        history.append(record)
+        if job.rank == 0:
+            checkpoint.save_atomic(job.state(epoch + 1, history, best), run_dir / "checkpoint.pt")
+        recorder.log_epoch(record)
+    if not last_eval:  # resumed a finished run: evaluate the final weights again
+        last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
+                     for split, loader in eval_loaders.items()}
+    detection = _export_samples(job, run_dir / "samples.csv")
+    train = splits["train"]
+    summary = {
+        "run_dir": str(run_dir), "dataset": cfg.data.name, "method": cfg.method.name, "seed": int(cfg.seed),
+        "epochs": epochs, "reported": "last epoch (final); best_val = epoch with the best validation accuracy",
+        "final": {"epoch": epochs, **last_eval},
+        "best_val": best,
+        "train_time_s": time.perf_counter() - train_start,
+        "noise": train.info.get("noise"), "noise_detection": detection,
+        "ceiling": {split: d.info.get("ceiling") for split, d in splits.items() if d.info.get("ceiling")},
+        "skipped_inputs": {split: d.info.get("skipped") for split, d in splits.items() if d.info.get("skipped")},
+    }
+    recorder.finish(summary)
+    return summary
