@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ class RunRecorder:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        run_id = self.meta.get("wandb_id") or wandb.util.generate_id()
+        run_id = self.meta.get("wandb_id") or uuid.uuid4().hex[:8]
         self.meta["wandb_id"] = run_id
         self.wandb_run = wandb.init(
             project=self.cfg.log.project, name=self.dir.name, id=run_id, resume="allow" if resume else None,

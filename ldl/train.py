@@ -222,9 +222,11 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
                                 job.device, cfg.amp, cfg.optim.grad_clip, cfg.log.progress)
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
+            eval_start = time.perf_counter()
             last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
                          for split, loader in eval_loaders.items()}
             record.update({split: _scalars(m) for split, m in last_eval.items()})
+            record["eval_time"] = time.perf_counter() - eval_start
             val_acc = last_eval.get("val", last_eval.get("test", {})).get("accuracy", -1.0)
             if val_acc > best["val_accuracy"]:
                 best = {"epoch": epoch + 1, "val_accuracy": val_acc,

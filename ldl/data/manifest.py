@@ -1,0 +1,100 @@
+"""A CSV manifest for any other dataset.
+
+Header columns: path, label, split (train / val / test), optionally valence, arousal, and
+distribution columns p_<Class> named in the canonical order (p_Neutral ... p_Contempt).
+`label` is a canonical class name (case-insensitive) or index 0..7; relative paths are
+resolved against the manifest's folder.  data.root is the manifest file.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ldl.data import register_dataset
+from ldl.data.dataset import FERData
+from ldl.data.labels import CLASSES
+from ldl.data.loading import DataError, ErrorPolicy, cached_split, check_classes, decode_into, require_file
+
+BY_NAME = {name.lower(): i for i, name in enumerate(CLASSES)}
+DIST_COLUMNS = [f"p_{name}" for name in CLASSES]
+
+
+def _label(raw: str) -> int | None:
+    raw = raw.strip()
+    if raw.lower() in BY_NAME:
+        return BY_NAME[raw.lower()]
+    if raw.isdigit() and int(raw) < len(CLASSES):
+        return int(raw)
+    return None
+
+
+@register_dataset("manifest")
+def manifest_split(cfg: DictConfig, split: str) -> FERData:
+    if not cfg.data.root:
+        raise DataError("data.root must be the manifest CSV file for data.name=manifest")
+    manifest = require_file(Path(cfg.data.root).expanduser(), "manifest")
+
+    def build(alloc, policy: ErrorPolicy) -> FERData:
+        with open(manifest, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in ("path", "label", "split") if c not in header]
+            if missing:
+                raise DataError(f"{manifest}:1: missing column(s) {missing}; header is {header}")
+            has_va = "valence" in header and "arousal" in header
+            dist_cols = [c for c in DIST_COLUMNS if c in header]
+            rows = []
+            for line_no, row in enumerate(reader, start=2):
+                where = f"{manifest}:{line_no}"
+                if None in row or any(v is None for v in row.values()):
+                    policy.bad(where, "malformed line", "wrong number of fields")
+                    continue
+                if row["split"] not in ("train", "val", "test"):
+                    policy.bad(where, "malformed line", f"split {row['split']!r} (train, val or test)")
+                    continue
+                if row["split"] != split:
+                    continue
+                label = _label(row["label"])
+                if label is None:
+                    policy.bad(where, "unknown label", f"{row['label']!r} (a class name of {CLASSES} or 0..7)")
+                    continue
+                va = (math.nan, math.nan)
+                if has_va:
+                    try:
+                        va = (float(row["valence"]), float(row["arousal"]))
+                    except ValueError:
+                        policy.bad(where, "malformed line", "valence/arousal not numbers")
+                        continue
+                    if any(math.isnan(x) or abs(x) > 1 for x in va):
+                        policy.bad(where, "out-of-range VA", f"{va} (must be finite, within [-1, 1])")
+                        continue
+                dist = None
+                if dist_cols:
+                    try:
+                        dist = np.array([float(row.get(c, 0) or 0) for c in DIST_COLUMNS])
+                    except ValueError:
+                        policy.bad(where, "malformed line", "distribution columns not numbers")
+                        continue
+                    if (dist < 0).any() or not math.isclose(dist.sum(), 1, abs_tol=1e-3):
+                        policy.bad(where, "malformed line", "distribution columns must be >= 0 and sum to 1")
+                        continue
+                path = Path(row["path"])
+                rows.append((path if path.is_absolute() else manifest.parent / path, label, va, dist))
+        if not rows:
+            raise DataError(f"{manifest}: no '{split}' rows: the {split} split is empty")
+        images, kept = decode_into(alloc, [r[0] for r in rows], cfg.data.image_size, policy,
+                                   f"decode manifest {split}", cfg.log.progress)
+        rows = [r for r, k in zip(rows, kept) if k]
+        return FERData(images=images, labels=np.array([r[1] for r in rows], dtype=np.int64), num_classes=8,
+                       names=np.array([str(r[0]) for r in rows]),
+                       va=np.array([r[2] for r in rows], dtype=np.float32) if has_va else None,
+                       dist=np.stack([r[3] for r in rows]).astype(np.float32) if dist_cols else None)
+
+    data = cached_split(cfg, split, [manifest], {}, build)
+    if split == "train":
+        check_classes(data, f"{manifest} train")
+    return data

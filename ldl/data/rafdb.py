@@ -1,0 +1,109 @@
+"""RAF-DB basic (DATASETS.md section 1).
+
+raf-basic/EmoLabel/list_patition_label.txt   `<name>.jpg <label 1..7>` (no header; the last line
+                                             may lack a newline); split by the name's prefix
+raf-basic/Image/aligned/<stem>_aligned.jpg   aligned faces
+distribution_basic.txt (optional)            `<name>.jpg p1 ... p7 ` vote fractions in native
+                                             column order, located by data.rafdb.distribution_file
+                                             or found in EmoLabel/ or the root
+RAF-DB has no validation split: `val` is held out of train (data.val_fraction).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ldl.data import register_dataset
+from ldl.data.dataset import FERData
+from ldl.data.labels import RAFDB_COLUMN_TO_CANONICAL, RAFDB_TO_CANONICAL, reorder_columns
+from ldl.data.loading import (DataError, ErrorPolicy, cached_split, data_root, decode_into, read_va_file,
+                              require_file, train_val_test)
+
+LABEL_FILE = "EmoLabel/list_patition_label.txt"
+
+
+def read_label_file(path: Path, policy: ErrorPolicy) -> list[tuple[str, int, int]]:
+    """(name, canonical label, line number) for every well-formed line."""
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            policy.bad(f"{path}:{line_no}", "malformed line", repr(line))
+            continue
+        name, raw = parts
+        if not raw.lstrip("-").isdigit() or int(raw) not in RAFDB_TO_CANONICAL:
+            policy.bad(f"{path}:{line_no}", "unknown label", f"{raw!r} (RAF-DB labels are 1..7)")
+            continue
+        if not name.startswith(("train", "test")):
+            policy.bad(f"{path}:{line_no}", "malformed line", f"name {name!r} starts with neither train nor test")
+            continue
+        rows.append((name, RAFDB_TO_CANONICAL[int(raw)], line_no))
+    return rows
+
+
+def read_distribution_file(path: Path, policy: ErrorPolicy) -> dict[str, np.ndarray]:
+    out = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()  # also absorbs the trailing space of every line
+        if not parts:
+            continue
+        try:
+            values = np.array([float(v) for v in parts[1:]], dtype=np.float64)
+        except ValueError:
+            values = np.array([])
+        if len(values) != 7 or not np.all(np.isfinite(values)) or (values < 0).any() or abs(values.sum() - 1) > 1e-3:
+            policy.bad(f"{path}:{line_no}", "malformed line", "expected a name and 7 non-negative floats summing to 1")
+            continue
+        out[parts[0]] = values
+    return out
+
+
+def _distribution_path(cfg: DictConfig, root: Path) -> Path | None:
+    if cfg.data.rafdb.distribution_file:
+        return require_file(Path(cfg.data.rafdb.distribution_file).expanduser(), "data.rafdb.distribution_file")
+    for candidate in (root / "EmoLabel" / "distribution_basic.txt", root / "distribution_basic.txt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@register_dataset("rafdb")
+def rafdb_split(cfg: DictConfig, split: str) -> FERData:
+    root = data_root(cfg)
+    label_file = require_file(root / LABEL_FILE, "RAF-DB label file")
+    dist_file = _distribution_path(cfg, root)
+
+    def native(part: str) -> FERData:
+        def build(alloc, policy: ErrorPolicy) -> FERData:
+            rows = [r for r in read_label_file(label_file, policy) if r[0].startswith(part)]
+            if not rows:
+                raise DataError(f"{label_file}: no '{part}_*' lines: the {part} split is empty")
+            dists = read_distribution_file(dist_file, policy) if dist_file else None
+            if dists is not None:
+                for name, _, line_no in rows:
+                    if name not in dists:
+                        policy.bad(f"{dist_file}", "missing distribution", f"no line for {name} ({label_file}:{line_no})")
+                rows = [r for r in rows if r[0] in dists]
+            paths = [root / "Image" / "aligned" / f"{name.split('.')[0]}_aligned.jpg" for name, _, _ in rows]
+            images, kept = decode_into(alloc, paths, cfg.data.image_size, policy, f"decode rafdb {part}", cfg.log.progress)
+            rows = [r for r, k in zip(rows, kept) if k]
+            dist = None
+            if dists is not None:
+                dist = reorder_columns(np.stack([dists[name] for name, _, _ in rows]), RAFDB_COLUMN_TO_CANONICAL)
+            return FERData(images=images, labels=np.array([r[1] for r in rows], dtype=np.int64), num_classes=8,
+                           names=np.array([r[0] for r in rows]), dist=dist)
+
+        sources = [label_file] + ([dist_file] if dist_file else [])
+        return cached_split(cfg, part, sources, {"dist": str(dist_file)}, build)
+
+    data = train_val_test(cfg, split, native)
+    if cfg.data.va_file:
+        data = read_va_file(Path(cfg.data.va_file).expanduser(), data)
+    return data
+
+
+__all__ = ["rafdb_split", "read_label_file", "read_distribution_file"]
