@@ -1,0 +1,86 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny
+from ldl import checkpoint
+from ldl.config import load_config
+from ldl.methods.ldlva import aggregate, local_similarity, target_distribution
+from ldl.neighbors import available_backends, knn
+from ldl.train import run_training
+
+
+def test_target_distribution_by_hand_on_three_samples():
+    # Sample 0 (label 0) has neighbours 1 and 2 in VA; 3 classes.
+    va = np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 1.0]], dtype=np.float32)
+    neighbours = np.array([[1, 2], [0, 2], [0, 1]])
+    s = local_similarity(va, neighbours, "gaussian", delta=1.0)
+    assert s[0].tolist() == pytest.approx([math.exp(-0.25), math.exp(-1.0)])
+    s_l1 = local_similarity(va, neighbours, "l1", delta=0.5)
+    assert s_l1[2].tolist() == pytest.approx([math.exp(-1 / 0.5), math.exp(-1.5 / 0.5)])
+    p_neighbours = torch.tensor([[[0.2, 0.8, 0.0], [0.0, 0.5, 0.5]]])
+    zeta = torch.tensor([[0.5, 1.0]])
+    d = aggregate(p_neighbours, torch.tensor(s[:1], dtype=torch.float32), zeta)
+    c1, c2 = 0.5 * math.exp(-0.25), 1.0 * math.exp(-1.0)      # contributions s * zeta
+    expected = (c1 * np.array([0.2, 0.8, 0.0]) + c2 * np.array([0.0, 0.5, 0.5])) / (c1 + c2)
+    assert d[0].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    t = target_distribution(torch.tensor([0]), torch.tensor([0.7]), d)
+    assert t[0].tolist() == pytest.approx((0.7 * np.array([1, 0, 0]) + 0.3 * expected).tolist(), abs=1e-6)
+    assert float(t.sum()) == pytest.approx(1.0)
+
+
+def test_label_weight_drops_where_neighbours_disagree():
+    """One SGD step on theta: d loss / d l = -sum_c (onehot - d)_c log p_c.  With the prediction
+    agreeing with the neighbours (class 1) rather than the label (class 0), l must fall."""
+    theta = torch.zeros(1, requires_grad=True)
+    logits = torch.log(torch.tensor([[0.1, 0.8, 0.1]]))
+    d = torch.tensor([[0.05, 0.9, 0.05]])
+    t = target_distribution(torch.tensor([0]), torch.sigmoid(theta), d)
+    loss = -(t * torch.log_softmax(logits, 1)).sum()
+    loss.backward()
+    assert theta.grad.item() > 0           # gradient descent lowers theta, hence l = sigmoid(theta)
+    # ... and the opposite when the prediction agrees with the label.
+    theta.grad = None
+    logits = torch.log(torch.tensor([[0.8, 0.1, 0.1]]))
+    t = target_distribution(torch.tensor([0]), torch.sigmoid(theta), d)
+    (-(t * torch.log_softmax(logits, 1)).sum()).backward()
+    assert theta.grad.item() < 0
+
+
+def test_neighbour_sets_agree_across_backends():
+    rng = np.random.default_rng(0)
+    for dim in (2, 64):
+        points = rng.standard_normal((3000, dim)).astype(np.float32)
+        points[10] = points[11]                       # an exact duplicate: ties broken by index
+        results = {b: knn(points, 8, b, device="cpu") for b in available_backends()}
+        assert "faiss-cpu" in results and "torch" in results
+        first = next(iter(results.values()))
+        for backend, idx in results.items():
+            assert np.array_equal(idx, first), backend
+        assert not (first == np.arange(3000)[:, None]).any()  # self excluded
+        assert first[10, 0] == 11 and first[11, 0] == 10
+        brute = np.argsort(((points[:, None] - points[None]) ** 2).sum(-1) + np.eye(3000) * 1e9, axis=1, kind="stable")[:50, :8]
+        assert np.array_equal(np.sort(first[:50], 1), np.sort(brute, 1))
+
+
+def test_uncertainty_is_learned_exported_and_resumed(tmp_path):
+    args = tiny(tmp_path / "r", "method.name=ldlva", "data.noise.type=symmetric", "data.noise.rate=0.3",
+                "optim.epochs=2")
+    summary = run_training(load_config(None, args))
+    state = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    theta = state["method"]["theta"]
+    assert theta.shape == (1500,) and not torch.allclose(theta, torch.full_like(theta, 0.5))
+    # Noisy samples end with lower label weight (higher uncertainty) than clean ones.
+    assert summary["noise_detection"]["noise_score"]["noise_auroc"] > 0.6
+    header = (tmp_path / "r" / "samples.csv").read_text().splitlines()[0].split(",")
+    assert {"label_weight", "noise_score", "clean_label"} <= set(header)
+    # Resume: a run continued for more epochs starts from the saved weights.
+    from ldl.train import Job
+    from ldl.data import build_splits
+    cfg = load_config(None, args)
+    job = Job(cfg, build_splits(cfg, ("train", "val", "test")))
+    job.load_state(state)
+    assert torch.equal(job.method.theta.detach(), theta)
+    assert torch.equal(job.method.neighbours, state["method"]["neighbours"])
