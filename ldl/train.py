@@ -116,16 +116,26 @@ class Job:
         steps = len(self.train_loader) if self.train_loader is not None else 1
         ctx = MethodContext(num_classes=self.num_classes, num_train=len(train) if train is not None else num_train,
                             feature_dim=self.model.feature_dim, epochs=cfg.optim.epochs, steps_per_epoch=steps,
-                            batch_size=cfg.optim.batch_size, device=self.device, train_data=train)
+                            batch_size=cfg.optim.batch_size, device=self.device,
+                            feature_map_size=self._feature_map_size(cfg.data.image_size), train_data=train)
         self.method: Method = build_method(cfg, ctx)
         self.optimizer = build_optimizer(cfg, list(self.model.parameters()) + self.method.model_parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, steps)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if on_cuda else None)
+                self.model, device_ids=[self.device.index] if on_cuda else None,
+                find_unused_parameters=not self.method.uses_model_head)
         if cfg.compile:
             self.net = torch.compile(self.net)
+
+    @torch.no_grad()
+    def _feature_map_size(self, image_size: int) -> int:
+        was_training = self.model.training
+        self.model.eval()
+        side = self.model.backbone(torch.zeros(1, 3, image_size, image_size, device=self.device)).shape[-1]
+        self.model.train(was_training)
+        return int(side)
 
     def eval_loader(self, split: str) -> BatchLoader:
         return BatchLoader(self.splits[split], self.cfg.optim.eval_batch_size, self.device, train=False,
@@ -179,6 +189,11 @@ def _export_samples(job: Job, path: Path) -> dict:
         for key in ("model_noise_score", "noise_score"):
             if key in columns:
                 detection[key] = noise_detection_metrics(np.asarray(columns[key], dtype=float), train.is_noisy)
+        if "mined_label" in columns:  # label recovery by methods that rewrite labels (SLM, SCN)
+            recovered = columns["mined_label"] == train.clean_labels
+            detection["label_recovery"] = {"accuracy": float(recovered.mean()),
+                                           "accuracy_on_noisy": float(recovered[train.is_noisy].mean()),
+                                           "given_label_accuracy": float((train.labels == train.clean_labels).mean())}
     if job.rank == 0:
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)

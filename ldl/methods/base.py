@@ -31,6 +31,7 @@ class MethodContext:
     steps_per_epoch: int
     batch_size: int
     device: torch.device
+    feature_map_size: int = 1          # side of the backbone's last feature map
     train_data: FERData | None = None  # labels as trained on (possibly noisy), aux spaces, names
 
 
@@ -46,6 +47,8 @@ class Method(nn.Module):
     """Plain cross-entropy; every other method overrides what it changes."""
 
     name = "ce"
+    uses_model_head = True   # False when the method classifies with its own head (DDP must then
+                             # expect unused parameters)
 
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__()
@@ -84,6 +87,13 @@ class Method(nn.Module):
         """Per-training-sample outputs to export; 'noise_score' (higher = more likely mislabelled)
         is scored as a noise detector when clean labels are known."""
         return {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The FERNet inside a DDP (or compiled) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""RUL, Relative Uncertainty Learning (Zhang et al., NeurIPS 2021; public code
+zyh-uaiaaaa/Relative-Uncertainty-Learning).
+
+On the backbone's feature map two heads (BN2d without affine -> dropout 0.4 -> flatten ->
+Linear -> BN1d, 64-d) give an embedding mu_i and a log-scale s_i; a_i = mean(exp(s_i)) is the
+sample's confidence.  Pairs (i, j = a random permutation of the batch) are mixed:
+  w_i = a_i / (a_i + a_j),  z = w_i mu_i + w_j mu_j,  loss = 0.5 CE(fc(z), y_i) + 0.5 CE(fc(z), y_j)
+so a sample whose label the network finds hard to fit learns a small a_i.  At evaluation the
+prediction is fc(mu_i).  The public code trains the backbone at lr 2e-4 and the classifier at
+2e-3; here both use optim.lr (one learning rate for every method).  -log a_i is the exported
+noise score.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldl.methods.base import Method, MethodContext, StepOutput, register_method
+
+
+def _head(channels: int, side: int, dim: int, drop: float) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels, eps=2e-5, affine=False), nn.Dropout(drop), nn.Flatten(),
+                         nn.Linear(channels * side * side, dim), nn.BatchNorm1d(dim, eps=2e-5))
+
+
+def relative_mix(mu: torch.Tensor, confidence: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed embeddings and the weight w_i of sample i in each pair."""
+    w = confidence / (confidence + confidence[perm])
+    return w[:, None] * mu + (1 - w[:, None]) * mu[perm], w
+
+
+@register_method("rul")
+class RUL(Method):
+    def __init__(self, cfg, ctx: MethodContext):
+        super().__init__(cfg, ctx)
+        side = ctx.feature_map_size
+        self.mu = _head(ctx.feature_dim, side, cfg.embed_dim, cfg.dropout)
+        self.log_scale = _head(ctx.feature_dim, side, cfg.embed_dim, cfg.dropout)
+        self.classifier = nn.Linear(cfg.embed_dim, ctx.num_classes)
+        self.register_buffer("confidence", torch.ones(ctx.num_train))
+        self.uses_model_head = False
+
+    def training_step(self, model, batch, epoch):
+        fmap = model(batch["image"], return_map=True)["feature_map"].float()
+        mu, confidence = self.mu(fmap), self.log_scale(fmap).exp().mean(1)
+        perm = torch.randperm(len(mu), device=mu.device)
+        mixed, _ = relative_mix(mu, confidence, perm)
+        logits = self.classifier(mixed)
+        labels = batch["label"]
+        loss = 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[perm])
+        return StepOutput(loss, logits, {"mean_confidence": confidence.mean().item()}, {"confidence": confidence.detach()})
+
+    @torch.no_grad()
+    def after_step(self, model, batch, out, epoch):
+        self.confidence[batch["index"]] = out.extras["confidence"]
+
+    @torch.no_grad()
+    def predict(self, model, images):
+        return self.classifier(self.mu(model(images, return_map=True)["feature_map"].float()))
+
+    def sample_exports(self):
+        confidence = self.confidence.cpu().numpy()
+        return {"confidence": confidence, "noise_score": -torch.log(self.confidence.clamp(min=1e-12)).cpu().numpy()}

@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny
+from ldl import checkpoint
+from ldl.config import load_config
+from ldl.methods.eac import attention_consistency, class_activation_maps
+from ldl.methods.label_smoothing import LabelSmoothing
+from ldl.methods.rul import relative_mix
+from ldl.methods.scn import rank_regularisation
+from ldl.methods.slm_aea import initial_logits, mining_step, ramp_down, ramp_up
+from ldl.train import run_training
+
+
+def test_label_smoothing_target():
+    from omegaconf import OmegaConf
+    from ldl.methods.base import MethodContext
+    ctx = MethodContext(num_classes=4, num_train=1, feature_dim=2, epochs=1, steps_per_epoch=1, batch_size=1,
+                        device=torch.device("cpu"))
+    t = LabelSmoothing(OmegaConf.create({"epsilon": 0.2}), ctx).smoothed_target(torch.tensor([2]))
+    assert t[0].tolist() == pytest.approx([0.05, 0.05, 0.85, 0.05])
+
+
+def test_slm_initial_soft_label_and_ramps():
+    z = initial_logits(torch.tensor([1, 0]), num_classes=7, k=5, p=0.97)
+    q = torch.softmax(z, 1)
+    assert q[0, 1].item() == pytest.approx(0.97, abs=1e-6)
+    assert q[0, 0].item() == pytest.approx(0.03 / 6, abs=1e-6)
+    assert ramp_up(0, 1.6, 7) == pytest.approx(math.exp(-1.6 ** 2))
+    assert ramp_up(3.5, 1.6, 7) == pytest.approx(math.exp(-(1.6 - 0.5) ** 2))
+    assert ramp_up(9, 1.6, 7) == 1 and ramp_down(5, 1.6, 7) == 1
+    assert ramp_down(14, 1.6, 7) == pytest.approx(math.exp(-(1.6 - 0.5) ** 2))
+
+
+def test_slm_mining_step_by_hand_and_direction():
+    z = torch.tensor([[2.0, 0.0, 0.0]])
+    pred = torch.tensor([[0.1, 0.8, 0.1]])
+    q = torch.softmax(z, 1)
+    new = mining_step(z, pred, torch.tensor([0]), w_u=1.0, w_d=0.2, lam=200)
+    expected = z - 200 * (1.0 * (q - pred) + 0.2 * (q - torch.tensor([[1.0, 0, 0]])))
+    assert torch.allclose(new, expected)
+    # After warm-up (w_u = 1 dominates) the mined label moves toward the prediction.
+    assert torch.softmax(new, 1)[0, 1] > q[0, 1]
+    assert torch.autograd.functional.jacobian is not None
+    # The closed form is the gradient of the batch-mean loss the public code differentiates.
+    zz = z.clone().requires_grad_(True)
+    loss = 1.0 * -(pred * F.log_softmax(zz, 1)).sum(1).mean() + 0.2 * F.cross_entropy(zz, torch.tensor([0]))
+    loss.backward()
+    assert torch.allclose(new, z - 200 * zz.grad)
+
+
+def test_aea_prediction_does_not_depend_on_batch_mates_at_eval(tmp_path):
+    summary = run_training(load_config(None, tiny(tmp_path / "r", "method.name=slm_aea", "optim.epochs=1")))
+    from ldl.data import build_splits
+    from ldl.train import Job
+    cfg = load_config(None, tiny(tmp_path / "r", "method.name=slm_aea", "optim.epochs=1"))
+    job = Job(cfg, build_splits(cfg, ("train", "test")))
+    job.load_state(checkpoint.load(tmp_path / "r" / "checkpoint.pt"))
+    job.model.eval(), job.method.eval()
+    loader = job.eval_loader("test")
+    images = next(iter(loader))["image"]
+    alone = job.method.predict(job.model, images[:1])
+    with_mates = job.method.predict(job.model, images[:32])[:1]
+    other_mates = job.method.predict(job.model, torch.cat([images[:1], images[100:140]]))[:1]
+    assert torch.allclose(alone, with_mates, atol=1e-5) and torch.allclose(alone, other_mates, atol=1e-5)
+    # ... while in training mode the AEA embedding uses the batch mean (the point of AEA).
+    feats = job.model(images[:32])["features"]
+    shifted = job.method.augmented_logits(job.model, feats[:1], feats.mean(0))
+    assert not torch.allclose(shifted, alone, atol=1e-4)
+    assert summary["noise_detection"] == {}  # no noise injected: nothing to score
+
+
+def test_slm_mined_labels_are_checkpointed_and_scored(tmp_path):
+    summary = run_training(load_config(None, tiny(tmp_path / "r", "method.name=slm_aea", "optim.epochs=2",
+                                                  "method.slm_aea.beta=1.0", "data.noise.type=symmetric",
+                                                  "data.noise.rate=0.3")))
+    state = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    logits = state["method"]["label_logits"]
+    assert logits.shape == (1500, 8) and int(state["method"]["step"]) == 2 * (1500 // 64)
+    recovery = summary["noise_detection"]["label_recovery"]
+    assert 0 <= recovery["accuracy"] <= 1 and "noise_score" in summary["noise_detection"]
+    header = (tmp_path / "r" / "samples.csv").read_text().splitlines()[0]
+    assert "mined_label" in header and "mined_7" in header
+
+
+def test_scn_rank_regularisation_by_hand():
+    alpha = torch.tensor([0.9, 0.8, 0.5, 0.45, 0.3, 0.2, 0.7, 0.6, 0.4, 0.1])
+    # beta 0.7 -> top 7 {.9 .8 .7 .6 .5 .45 .4} mean .65, rest {.3 .2 .1} mean .2: gap .45 > margin
+    assert rank_regularisation(alpha, 0.7, 0.15).item() == pytest.approx(0.0)
+    flat = torch.tensor([0.5] * 9 + [0.4])
+    # top 7 mean .5, rest {.5 .5 .4} mean .4667: 0.15 - 0.0333
+    assert rank_regularisation(flat, 0.7, 0.15).item() == pytest.approx(0.15 - (0.5 - 1.4 / 3), abs=1e-6)
+
+
+def test_rul_mixing_weights_by_hand():
+    mu = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    confidence = torch.tensor([3.0, 1.0])
+    mixed, w = relative_mix(mu, confidence, torch.tensor([1, 0]))
+    assert w.tolist() == pytest.approx([0.75, 0.25])
+    assert mixed.tolist() == [pytest.approx([0.75, 0.25]), pytest.approx([0.75, 0.25])]
+
+
+def test_eac_cam_and_flip_match_the_public_codes_grid_sample():
+    fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    weight = torch.tensor([[1.0, 0.0], [0.5, -1.0]])
+    cam = class_activation_maps(fmap, weight)
+    assert cam[0, 1].tolist() == (0.5 * fmap[0, 0] - fmap[0, 1]).tolist()
+    # The public code flips with grid_sample on a mirrored grid (align_corners=True).
+    h, w = 3, 4
+    xs = torch.arange(w).view(1, -1).expand(h, -1).float()
+    ys = torch.arange(h).view(-1, 1).expand(-1, w).float()
+    grid = torch.stack([-(2 * xs / (w - 1) - 1), 2 * ys / (h - 1) - 1], -1)[None]
+    theirs = F.grid_sample(cam, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    assert torch.allclose(theirs, cam.flip(-1))
+    assert attention_consistency(cam, cam.flip(-1)).item() == 0
+    assert attention_consistency(cam, cam).item() > 0
+
+
+@pytest.mark.parametrize("name", ["scn", "rul", "eac", "label_smoothing"])
+def test_each_peer_trains_and_exports(tmp_path, name):
+    summary = run_training(load_config(None, tiny(tmp_path / "r", f"method.name={name}", "optim.epochs=1",
+                                                  "data.noise.type=symmetric", "data.noise.rate=0.2",
+                                                  "method.scn.relabel_epoch=1")))
+    assert 0 <= summary["final"]["test"]["accuracy"] <= 1
+    assert "model_noise_score" in summary["noise_detection"]
+    if name in ("scn", "rul"):
+        assert "noise_score" in summary["noise_detection"]
