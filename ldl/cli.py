@@ -28,14 +28,22 @@ def results_table(title: str, rows: dict[str, dict]) -> Table:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ldl.train import run_training
+    import torch.distributed as dist
 
+    from ldl.train import init_distributed, run_training
+
+    init_distributed()
     if args.resume:
         if args.overrides or args.config:
             raise ConfigError("--resume continues a run with its saved config; give no config or overrides")
         summary = run_training(None, resume_dir=Path(args.resume))
     else:
         summary = run_training(load_config(args.config, args.overrides))
+    if dist.is_initialized():
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     final = {k: v for k, v in summary["final"].items() if isinstance(v, dict)}
     console.print(results_table(f"{summary['method']} on {summary['dataset']} "
                                 f"(seed {summary['seed']}, epoch {summary['final']['epoch']})", final))
@@ -47,7 +55,11 @@ def _train(args: argparse.Namespace) -> int:
         if split == "test":
             console.print(f"task ceiling on test (Bayes accuracy vs drawn labels): {ceiling['bayes_accuracy']:.4f}")
     for key, scores in summary["noise_detection"].items():
-        console.print(f"noise detection by {key}: AUROC {scores['noise_auroc']:.4f}")
+        if key == "label_recovery":
+            console.print(f"label recovery: {scores['accuracy']:.4f} of mined labels are clean "
+                          f"(given labels: {scores['given_label_accuracy']:.4f})")
+        else:
+            console.print(f"noise detection by {key}: AUROC {scores['noise_auroc']:.4f}")
     console.print(f"run folder: {summary['run_dir']}")
     return 0
 

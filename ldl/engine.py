@@ -49,6 +49,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
         for opt in extra:
             opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        method.average_gradients()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -57,6 +58,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
         if scheduler is not None:
             scheduler.step()
         method.after_step(model, batch, out, epoch)
+        method.synchronise(batch["index"])
         n = len(batch["label"])
         seen += n
         correct += int((out.logits.argmax(1) == batch["label"]).sum())
@@ -64,6 +66,12 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
             totals[key] = totals.get(key, 0.0) + value * n
         bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     elapsed = time.perf_counter() - start
+    if dist.is_initialized() and dist.get_world_size() > 1:  # every rank's samples count
+        keys = sorted(totals)
+        packed = torch.tensor([seen, correct] + [totals[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(packed)
+        seen, correct = int(packed[0]), int(packed[1])
+        totals = dict(zip(keys, packed[2:].tolist()))
     stats = {f"train_{k}": v / max(seen, 1) for k, v in totals.items()}
     stats.update(train_accuracy=correct / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
                  epoch_time=elapsed, train_images_per_s=seen / max(elapsed, 1e-9))

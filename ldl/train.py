@@ -31,6 +31,15 @@ from ldl.tracking import RunRecorder
 SCALAR_TYPES = (int, float)
 
 
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -203,6 +212,23 @@ def _export_samples(job: Job, path: Path) -> dict:
     return detection
 
 
+@torch.no_grad()
+def _check_consistency(job: Job) -> dict:
+    """Under torchrun: do all ranks end with the same model and method state (per-sample
+    uncertainty, mined labels, memory banks)?  Compared by checksums gathered from every rank."""
+    def checksum(module: torch.nn.Module) -> float:
+        return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in module.state_dict().values()
+                         if t.is_floating_point() or t.dtype == torch.long))
+
+    local = torch.tensor([checksum(job.model), checksum(job.method)], dtype=torch.float64, device=job.device)
+    every = [torch.empty_like(local) for _ in range(job.world)]
+    dist.all_gather(every, local)
+    every_t = torch.stack(every).cpu()
+    return {"world_size": job.world,
+            "model_consistent": bool(torch.allclose(every_t[:, 0], every_t[0, 0], rtol=1e-9)),
+            "method_state_consistent": bool(torch.allclose(every_t[:, 1], every_t[0, 1], rtol=1e-9))}
+
+
 def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, Any]:
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
@@ -215,6 +241,10 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     splits = build_splits(cfg, tuple(dict.fromkeys(["train", *cfg.eval.splits])))
     job = Job(cfg, splits)
     run_dir = make_run_dir(cfg)
+    if job.world > 1:  # rank 0 names the run folder (timestamps may differ across ranks)
+        shared = [str(run_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
     if state is None and run_dir.exists() and (run_dir / "checkpoint.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
     recorder = RunRecorder(run_dir, cfg, resume=state is not None, active=job.rank == 0)
@@ -256,6 +286,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
                      for split, loader in eval_loaders.items()}
     detection = _export_samples(job, run_dir / "samples.csv")
+    distributed = _check_consistency(job) if job.world > 1 else None
     train = splits["train"]
     summary = {
         "run_dir": str(run_dir), "dataset": cfg.data.name, "method": cfg.method.name, "seed": int(cfg.seed),
@@ -266,6 +297,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         "noise": train.info.get("noise"), "noise_detection": detection,
         "ceiling": {split: d.info.get("ceiling") for split, d in splits.items() if d.info.get("ceiling")},
         "skipped_inputs": {split: d.info.get("skipped") for split, d in splits.items() if d.info.get("skipped")},
+        "distributed": distributed,
     }
     recorder.finish(summary)
     return summary

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
@@ -49,6 +50,8 @@ class Method(nn.Module):
     name = "ce"
     uses_model_head = True   # False when the method classifies with its own head (DDP must then
                              # expect unused parameters)
+    per_sample_buffers: tuple[str, ...] = ()  # [N, ...] state written at the batch's indices
+    shared_buffers: tuple[str, ...] = ()      # global state every rank updates (averaged)
 
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__()
@@ -82,6 +85,34 @@ class Method(nn.Module):
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         pass
+
+    @torch.no_grad()
+    def synchronise(self, index: torch.Tensor) -> None:
+        """Under torchrun, make every rank's state equal after a step: method gradients are
+        averaged before the optimisers step (see `average_gradients`); here the rows each rank
+        wrote are gathered from all ranks, and shared buffers are averaged."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        world = dist.get_world_size()
+        indices = [torch.empty_like(index) for _ in range(world)]
+        dist.all_gather(indices, index)
+        for name in self.per_sample_buffers:
+            buf = getattr(self, name)
+            rows = [torch.empty_like(buf[index]) for _ in range(world)]
+            dist.all_gather(rows, buf[index].contiguous())
+            buf[torch.cat(indices)] = torch.cat(rows)
+        for name in self.shared_buffers:
+            buf = getattr(self, name)
+            dist.all_reduce(buf)
+            buf /= world
+
+    def average_gradients(self) -> None:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        for p in self.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
 
     def sample_exports(self) -> dict[str, np.ndarray]:
         """Per-training-sample outputs to export; 'noise_score' (higher = more likely mislabelled)

@@ -73,6 +73,8 @@ def target_distribution(labels: torch.Tensor, weight: torch.Tensor, aggregated: 
 
 @register_method("ldlva")
 class LDLVA(Method):
+    per_sample_buffers = ("bank_probs", "bank_feats")
+    shared_buffers = ("centres",)
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         if cfg.mode not in ("fast", "faithful"):

@@ -32,6 +32,7 @@ def relative_mix(mu: torch.Tensor, confidence: torch.Tensor, perm: torch.Tensor)
 
 @register_method("rul")
 class RUL(Method):
+    per_sample_buffers = ("confidence",)
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         side = ctx.feature_map_size

@@ -29,6 +29,7 @@ def rank_regularisation(alpha: torch.Tensor, beta: float, margin: float) -> torc
 
 @register_method("scn")
 class SCN(Method):
+    per_sample_buffers = ("labels", "alpha")
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         self.attention = nn.Linear(ctx.feature_dim, 1)

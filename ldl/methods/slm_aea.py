@@ -56,6 +56,8 @@ def mining_step(z: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, w_u: 
 
 @register_method("slm_aea")
 class SLMAEA(Method):
+    per_sample_buffers = ("label_logits",)
+    shared_buffers = ("running_mean",)
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         labels = torch.from_numpy(ctx.train_data.labels) if ctx.train_data is not None else torch.zeros(ctx.num_train, dtype=torch.long)
