@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ldl.config import ConfigError, load_config, parse_override
+from ldl.config import ConfigError, load_config
 
 console = Console(width=120)
 MAIN_METRICS = {"accuracy": "acc", "mean_class_accuracy": "mean-class acc", "macro_f1": "macro-F1",
@@ -65,47 +65,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ldl import checkpoint
-    from ldl.config import config_from_dict
-    from ldl.data import build_splits
-    from ldl.engine import evaluate
-    from ldl.train import Job, seed_everything
+    from ldl.train import evaluate_checkpoint
 
-    state = checkpoint.load(Path(args.checkpoint))
-    cfg = config_from_dict(state["config"])
-    for text in args.overrides:
-        cfg = load_config_with(cfg, text)
-    seed_everything(cfg.seed, cfg.deterministic)
-    splits = build_splits(cfg, (args.split,))
-    job = Job(cfg, splits, num_train=state["num_train"])
-    job.load_state(state, weights_only=True)
-    metrics = evaluate(job.net, job.method, job.eval_loader(args.split), job.device, cfg.amp, cfg.eval.ece_bins)
-    console.print(results_table(f"{Path(args.checkpoint)} on {cfg.data.name} {args.split} (epoch {state['epoch']})",
+    metrics, cfg, epoch = evaluate_checkpoint(Path(args.checkpoint), args.split, overrides=tuple(args.overrides))
+    console.print(results_table(f"{Path(args.checkpoint)} on {cfg.data.name} {args.split} (epoch {epoch})",
                                 {args.split: metrics}))
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1))
         console.print(f"metrics written to {args.out}")
     return 0
-
-
-def load_config_with(cfg, text: str):
-    """Apply one dotted override to an existing config, checked like any other."""
-    from omegaconf import OmegaConf
-
-    from ldl.config import config_from_dict
-
-    key, value = parse_override(text)
-    data = OmegaConf.to_container(cfg, resolve=True)
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"override '{text}': unknown config key '{key}'")
-        node = node[part]
-    if parts[-1] not in node:
-        load_config(None, [text])  # raises with the closest valid key
-    node[parts[-1]] = value
-    return config_from_dict(data)
 
 
 def _noise(args: argparse.Namespace) -> int:
@@ -120,6 +88,53 @@ def _noise(args: argparse.Namespace) -> int:
     console.print(f"{args.type} noise at {args.rate:.0%}: realised rate {report['realised_rate']:.4f} "
                   f"over {len(noisy)} training samples -> {args.out}")
     console.print(f"use it with: data.noise.type=file data.noise.file={args.out}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ldl.sweep import expand, load_sweep, register_with_wandb, run_local
+
+    spec = load_sweep(Path(args.file))
+    if args.wandb:
+        sweep_id = register_with_wandb(spec, args.project)
+        console.print(f"wandb sweep {sweep_id} created; on each machine run: wandb agent {sweep_id}")
+        return 0
+    if args.dry_run:
+        for run in expand(spec, args.seed):
+            console.print(f"{run.run_id}: {' '.join(run.overrides)}")
+        return 0
+    out = Path(args.out or Path("sweeps") / Path(args.file).stem)
+    status = run_local(spec, out, args.workers, args.seed)
+    failed = [k for k, v in status.items() if v["state"] == "failed"]
+    console.print(f"{len(status) - len(failed)} runs finished, {len(failed)} failed -> {out}")
+    for run_id in failed:
+        console.print(f"[red]failed[/]: {run_id} (see {out / run_id / 'error.txt'})")
+    console.print(f"report: ldl report {out}")
+    return 1 if failed else 0
+
+
+def _cross(args: argparse.Namespace) -> int:
+    from ldl.cross import markdown, run_cross
+
+    out = Path(args.out or Path("cross") / Path(args.plan).stem)
+    result = run_cross(Path(args.plan), out)
+    console.print(markdown(result))
+    console.print(f"written to {out / 'cross.json'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ldl.report import build_report
+
+    out = Path(args.out)
+    info = build_report([Path(p) for p in args.runs], out)
+    table = Table(title=f"{info['runs']} runs in {info['groups']} groups (test, last epoch, mean ± std over seeds)")
+    for h in info["header"]:
+        table.add_column(h)
+    for row in info["rows"]:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({info['figures']} figures)")
     return 0
 
 
@@ -154,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_noise)
+
+    p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")
+    p.add_argument("file")
+    p.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, else 1)")
+    p.add_argument("--out", help="sweep folder (default sweeps/<file stem>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a random sweep's draws")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--wandb", action="store_true", help="create a real wandb sweep for agents instead")
+    p.add_argument("--project", default="ldl")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("cross", help="cross-dataset matrix: train on each dataset, test on the others (7 classes)")
+    p.add_argument("plan")
+    p.add_argument("--out", help="folder (default cross/<plan stem>)")
+    p.set_defaults(func=_cross)
+
+    p = sub.add_parser("report", help="report.md + self-contained report.html from run folders")
+    p.add_argument("runs", nargs="+", help="run, sweep or cross folders (searched for summary.json)")
+    p.add_argument("--out", default="report")
+    p.set_defaults(func=_report)
     return parser
 
 
@@ -161,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, FileExistsError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, FileExistsError) as err:  # SweepError, DataError too
         console.print(f"[bold red]error:[/] {err}")
         return 2
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ldl.data.dataset import BatchLoader
 from ldl.methods.base import Method
-from ldl.metrics import classification_metrics, distribution_metrics
+from ldl.metrics import classification_metrics, distribution_metrics, reliability_bins
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -112,6 +112,7 @@ def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torc
     probs, index = predict_probs(model, method, loader, device, amp)
     data = loader.data
     metrics = classification_metrics(data.labels[index], probs, ece_bins)
+    metrics["reliability"] = reliability_bins(data.labels[index], probs, ece_bins)
     if data.dist is not None:
         metrics.update(distribution_metrics(data.dist[index][:, : probs.shape[1]], probs))
     return metrics

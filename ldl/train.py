@@ -301,3 +301,37 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     }
     recorder.finish(summary)
     return summary
+
+
+def evaluate_checkpoint(path: Path, split: str = "test", data_section: dict | None = None,
+                        overrides: tuple[str, ...] = ()) -> tuple[dict, DictConfig, int]:
+    """Metrics of a saved model on a split; `data_section` swaps in another dataset (cross-dataset
+    evaluation), `overrides` are dotted keys applied on top.  Returns (metrics, config, epoch)."""
+    state = checkpoint.load(Path(path))
+    saved = state["config"]
+    if data_section is not None:
+        saved = {**saved, "data": {**data_section, "num_classes": saved["data"]["num_classes"]}}
+    cfg = config_from_dict(saved)
+    for text in overrides:
+        cfg = apply_override(cfg, text)
+    seed_everything(cfg.seed, cfg.deterministic)
+    splits = build_splits(cfg, (split,))
+    job = Job(cfg, splits, num_train=state["num_train"])
+    job.load_state(state, weights_only=True)
+    metrics = evaluate(job.net, job.method, job.eval_loader(split), job.device, cfg.amp, cfg.eval.ece_bins)
+    return metrics, cfg, state["epoch"]
+
+
+def apply_override(cfg: DictConfig, text: str) -> DictConfig:
+    """One dotted override on an existing config, checked like any other."""
+    from ldl.config import load_config, parse_override
+
+    key, value = parse_override(text)
+    load_config(None, [text])  # raises for an unknown key (with the closest valid one) or a bad type
+    data = OmegaConf.to_container(cfg, resolve=True)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+    return config_from_dict(data)

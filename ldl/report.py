@@ -1,0 +1,242 @@
+"""`ldl report RUNS...`: report.md and a self-contained report.html from run folders.
+
+Runs are grouped by (dataset, method, noise type, noise rate) and summarised over seeds as
+mean ± std.  Every table names the epoch it reports: the last epoch, and the test accuracy at
+the epoch of best validation accuracy.  Figures: accuracy against noise rate per method, the
+cross-dataset heat map (when a cross.json is among the inputs), confusion matrices, histograms
+of each method's noise score for clean and noisy samples, and reliability diagrams.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ldl.data.labels import CLASSES  # noqa: E402
+
+METRICS = [("accuracy", "acc"), ("mean_class_accuracy", "mean-class acc"), ("macro_f1", "macro-F1"),
+           ("ece", "ECE"), ("kl", "KL")]
+
+
+def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    runs, crosses = [], []
+    for path in paths:
+        runs += sorted(p.parent for p in Path(path).rglob("summary.json"))
+        crosses += sorted(Path(path).rglob("cross.json"))
+    return sorted(set(runs)), crosses
+
+
+def _group_key(summary: dict) -> tuple:
+    noise = summary.get("noise") or {}
+    rate = float(noise.get("rate", 0.0))
+    return (summary["dataset"], summary["method"], noise.get("type", "none") if rate > 0 else "none", rate)
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def _noise_auroc(summary: dict) -> float | None:
+    detection = summary.get("noise_detection") or {}
+    key = "noise_score" if "noise_score" in detection else "model_noise_score"
+    return detection.get(key, {}).get("noise_auroc")
+
+
+def _figure_to_base64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _accuracy_vs_noise(groups: dict) -> str | None:
+    curves = defaultdict(dict)
+    for (dataset, method, ntype, rate), summaries in groups.items():
+        curves[(dataset, method, ntype)][rate] = [s["final"]["test"]["accuracy"] for s in summaries]
+    curves = {k: v for k, v in curves.items() if len(v) > 1 or k[2] != "none"}
+    by_rate = defaultdict(dict)
+    for (dataset, method, ntype), points in curves.items():
+        by_rate[(dataset, method)].update(points)   # the clean point (type none) joins every curve
+    if not any(len(v) > 1 for v in by_rate.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (dataset, method), points in sorted(by_rate.items()):
+        rates = sorted(points)
+        means = [np.mean(points[r]) for r in rates]
+        stds = [np.std(points[r]) for r in rates]
+        ax.errorbar([100 * r for r in rates], means, yerr=stds, marker="o", capsize=3, label=f"{method} ({dataset})")
+    ax.set_xlabel("injected noise rate (%)")
+    ax.set_ylabel("test accuracy (last epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _figure_to_base64(fig)
+
+
+def _confusion(summary: dict, title: str) -> str:
+    cm = np.array(summary["final"]["test"]["confusion_matrix"], dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    names = CLASSES[: len(cm)]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=8)
+    return _figure_to_base64(fig)
+
+
+def _uncertainty_histogram(run: Path, title: str) -> str | None:
+    path = run / "samples.csv"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "clean_label" not in rows[0]:
+        return None
+    key = "noise_score" if "noise_score" in rows[0] else "model_noise_score"
+    score = np.array([float(r[key]) for r in rows])
+    noisy = np.array([r["label"] != r["clean_label"] for r in rows])
+    if not noisy.any():
+        return None
+    fig, ax = plt.subplots(figsize=(4.2, 3))
+    bins = np.linspace(score.min(), score.max() + 1e-9, 40)
+    ax.hist(score[~noisy], bins=bins, alpha=0.6, density=True, label="clean")
+    ax.hist(score[noisy], bins=bins, alpha=0.6, density=True, label="noisy")
+    ax.set_xlabel(key.replace("_", " "))
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=8)
+    return _figure_to_base64(fig)
+
+
+def _reliability(summary: dict, title: str) -> str | None:
+    rel = summary["final"]["test"].get("reliability")
+    if not rel:
+        return None
+    count, acc, conf = (np.array(rel[k], dtype=float) for k in ("count", "accuracy", "confidence"))
+    centres = (np.arange(len(count)) + 0.5) / len(count)
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.bar(centres, np.where(count > 0, acc, 0), width=1 / len(count), edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {summary['final']['test']['ece']:.3f}", fontsize=8)
+    ax.legend(fontsize=7)
+    return _figure_to_base64(fig)
+
+
+def _cross_heatmap(cross: dict) -> str:
+    acc = np.array(cross["accuracy"])
+    names = cross["datasets"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 1.2 * len(names) + 1.5))
+    ax.imshow(acc, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("test on")
+    ax.set_ylabel("train on")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{acc[i, j]:.1%}", ha="center", va="center", color="white" if acc[i, j] < 0.6 else "black")
+    ax.set_title(f"cross-dataset accuracy; mean off-diagonal {cross['mean_off_diagonal']:.1%}", fontsize=9)
+    return _figure_to_base64(fig)
+
+
+def build_report(paths: list[Path], out_dir: Path) -> dict:
+    runs, crosses = find_runs(paths)
+    if not runs and not crosses:
+        raise ValueError(f"no run folders (summary.json) or cross.json under {[str(p) for p in paths]}")
+    summaries = {run: json.loads((run / "summary.json").read_text()) for run in runs}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    group_runs: dict[tuple, list[Path]] = defaultdict(list)
+    for run, summary in summaries.items():
+        groups[_group_key(summary)].append(summary)
+        group_runs[_group_key(summary)].append(run)
+
+    header = ["dataset", "method", "noise", "seeds", *[name for _, name in METRICS], "test acc @ best val",
+              "noise AUROC"]
+    rows = []
+    for key in sorted(groups):
+        dataset, method, ntype, rate = key
+        ss = groups[key]
+        row = [dataset, method, "clean" if ntype == "none" else f"{ntype} {rate:.0%}", str(len(ss))]
+        row += [_mean_std([s["final"]["test"].get(m) for s in ss]) for m, _ in METRICS]
+        row.append(_mean_std([s["best_val"].get("test", {}).get("accuracy") for s in ss]))
+        row.append(_mean_std([_noise_auroc(s) for s in ss]))
+        rows.append(row)
+    epochs = sorted({s["epochs"] for s in summaries.values()})
+    note = (f"Test metrics at the last epoch (of {', '.join(map(str, epochs))}), mean ± std over seeds; "
+            "'test acc @ best val' is test accuracy at the epoch of best validation accuracy (test never "
+            "selects). Noise AUROC scores each method's own noise score (its learned uncertainty) where it "
+            "has one, else the model's small-loss score.")
+    md_table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                         ["| " + " | ".join(r) + " |" for r in rows])
+    figures: list[tuple[str, str]] = []
+    curve = _accuracy_vs_noise(groups)
+    if curve:
+        figures.append(("Accuracy against injected noise rate", curve))
+    cross_results = [json.loads(c.read_text()) for c in crosses]
+    for cross in cross_results:
+        figures.append(("Cross-dataset matrix (train rows, test columns)", _cross_heatmap(cross)))
+    for key in sorted(groups):
+        title = f"{key[1]} on {key[0]}, {'clean' if key[2] == 'none' else f'{key[2]} {key[3]:.0%}'} (seed {groups[key][0]['seed']})"
+        figures.append((f"Confusion matrix: {title}", _confusion(groups[key][0], title)))
+        hist = _uncertainty_histogram(group_runs[key][0], title)
+        if hist:
+            figures.append((f"Noise score, clean vs noisy: {title}", hist))
+        rel = _reliability(groups[key][0], title)
+        if rel:
+            figures.append((f"Reliability: {title}", rel))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from ldl.cross import markdown as cross_markdown
+    md = ["# ldl report", "", note, "", md_table, ""]
+    for cross in cross_results:
+        md += ["## Cross-dataset", "", cross_markdown(cross), ""]
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for i, (title, b64) in enumerate(figures):
+        name = f"fig{i:02d}.png"
+        (fig_dir / name).write_bytes(base64.b64decode(b64))
+        md.append(f"### {title}\n\n![{title}](figures/{name})\n")
+    (out_dir / "report.md").write_text("\n".join(md))
+
+    table_html = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    cross_html = ""
+    for cross in cross_results:
+        names = cross["datasets"]
+        cross_html += "<h2>Cross-dataset</h2><table><tr><th>train \\ test</th>" + "".join(
+            f"<th>{html.escape(n)}</th>" for n in names) + "<th>mean off-diagonal</th></tr>" + "".join(
+            f"<tr><th>{html.escape(n)}</th>" + "".join(
+                f"<td{' class=diag' if i == j else ''}>{v:.2%}</td>" for j, v in enumerate(cross["accuracy"][i]))
+            + f"<td>{cross['mean_off_diagonal_per_train'][n]:.2%}</td></tr>" for i, n in enumerate(names)) + "</table>"
+    figs_html = "".join(f"<figure><img src='data:image/png;base64,{b64}'/><figcaption>{html.escape(t)}</figcaption></figure>"
+                        for t, b64 in figures)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ldl report</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:right}} th{{background:#f3f3f3}}
+td.diag{{font-weight:bold;background:#eef6ee}} figure{{display:inline-block;margin:8px;vertical-align:top}}
+figcaption{{font-size:12px;max-width:420px}} p.note{{max-width:60em;font-size:13px;color:#555}}
+</style></head><body><h1>ldl report</h1><p class="note">{html.escape(note)}</p>{table_html}{cross_html}
+<h2>Figures</h2>{figs_html}</body></html>"""
+    (out_dir / "report.html").write_text(page)
+    return {"groups": len(groups), "runs": len(runs), "figures": len(figures), "rows": rows, "header": header}

@@ -1,0 +1,182 @@
+"""`ldl sweep FILE`: the wandb sweep YAML format, run by a local executor or by wandb agents.
+
+A sweep file is a wandb sweep configuration whose command calls `ldl train` with
+`${args_no_hyphens}`, so each parameter arrives as a dotted override (key=value):
+
+    method: grid                     # grid | random
+    command: [ldl, train, -c, experiments/synthetic/quickstart.yaml, "${args_no_hyphens}"]
+    metric: {name: final.test.accuracy, goal: maximize}
+    run_cap: 20                      # random sweeps: how many runs
+    parameters:
+      method.name: {values: [ce, ldlva]}
+      optim.lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+
+Offline (the default) the local executor expands the sweep, runs N runs at a time (one per
+GPU, else CPU processes sharing the cores), skips runs that already finished, resumes runs that
+were interrupted, records a failed run's error and goes on.  With --wandb the same file is
+registered as a real wandb sweep for agents on many machines (needs a wandb server and key).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+SWEEP_METHODS = ("grid", "random")
+ARGS_TOKEN = "${args_no_hyphens}"
+
+
+class SweepError(ValueError):
+    pass
+
+
+@dataclass
+class SweepRun:
+    run_id: str
+    overrides: list[str]
+
+
+def load_sweep(path: Path) -> dict:
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if spec.get("method") not in SWEEP_METHODS:
+        raise SweepError(f"{path}: 'method' must be one of {SWEEP_METHODS} (bayes needs a wandb server)")
+    if not isinstance(spec.get("parameters"), dict) or not spec["parameters"]:
+        raise SweepError(f"{path}: 'parameters' must map parameter names to value specs")
+    command = spec.get("command", ["ldl", "train", ARGS_TOKEN])
+    if command[:2] != ["ldl", "train"] or ARGS_TOKEN not in command:
+        raise SweepError(f"{path}: 'command' must be [ldl, train, ..., \"{ARGS_TOKEN}\"]")
+    spec["command"] = command
+    return spec
+
+
+def _sample(name: str, p: dict, rng: np.random.Generator) -> Any:
+    if "value" in p:
+        return p["value"]
+    if "values" in p:
+        values = p["values"]
+        return values[rng.choice(len(values), p=p.get("probabilities"))]
+    kind = p.get("distribution", "uniform" if "min" in p and isinstance(p["min"], float) else "int_uniform")
+    if kind == "uniform":
+        return float(rng.uniform(p["min"], p["max"]))
+    if kind == "int_uniform":
+        return int(rng.integers(p["min"], p["max"] + 1))
+    if kind == "log_uniform_values":
+        return float(math.exp(rng.uniform(math.log(p["min"]), math.log(p["max"]))))
+    if kind == "log_uniform":  # wandb: min/max are natural-log exponents
+        return float(math.exp(rng.uniform(p["min"], p["max"])))
+    if kind == "normal":
+        return float(rng.normal(p.get("mu", 0.0), p.get("sigma", 1.0)))
+    if kind == "q_uniform":
+        q = p.get("q", 1.0)
+        return float(round(rng.uniform(p["min"], p["max"]) / q) * q)
+    raise SweepError(f"parameter '{name}': unsupported distribution {kind!r}")
+
+
+def _override(name: str, value: Any) -> str:
+    return f"{name}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+
+
+def expand(spec: dict, seed: int = 0) -> list[SweepRun]:
+    """All runs of a grid sweep (cartesian product of `values`), or `run_cap` seeded draws."""
+    params = spec["parameters"]
+    if spec["method"] == "grid":
+        names = list(params)
+        for name in names:
+            if "value" not in params[name] and "values" not in params[name]:
+                raise SweepError(f"grid sweep: parameter '{name}' needs 'value' or 'values'")
+        choices = [[params[n]["value"]] if "value" in params[n] else params[n]["values"] for n in names]
+        combos = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+    else:
+        if "run_cap" not in spec:
+            raise SweepError("random sweep: set run_cap (the number of runs)")
+        rng = np.random.default_rng(seed)
+        combos = [{n: _sample(n, p, rng) for n, p in params.items()} for _ in range(int(spec["run_cap"]))]
+    runs = []
+    for combo in combos:
+        overrides = [_override(n, v) for n, v in combo.items()]
+        run_id = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
+        label = "-".join((f"{v:.4g}" if isinstance(v, float) else str(v)).replace("/", "_") for v in combo.values())[:80]
+        runs.append(SweepRun(f"{label}-{run_id}", overrides))
+    return runs
+
+
+def _command(spec: dict, run: SweepRun, run_dir: Path) -> list[str]:
+    args = []
+    for part in spec["command"][2:]:
+        args.extend(run.overrides if part == ARGS_TOKEN else [part])
+    base = [sys.executable, "-m", "ldl.cli", "train"]
+    if (run_dir / "checkpoint.pt").is_file():
+        return base + ["--resume", str(run_dir)]
+    return base + args + [f"run.dir={run_dir}", "log.progress=false"]
+
+
+def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int = 0,
+              extra_overrides: tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Run every sweep run not yet finished; returns {run_id: status}."""
+    runs = expand(spec, seed)
+    for run in runs:
+        run.overrides = run.overrides + list(extra_overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpus = torch.cuda.device_count()
+    workers = workers or max(1, gpus or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    status_path = out_dir / "sweep_status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    todo = [r for r in runs if not (out_dir / r.run_id / "summary.json").is_file()]
+    for r in runs:
+        if r not in todo:
+            status[r.run_id] = {"state": "finished", "overrides": r.overrides}
+
+    def launch(slot: int, run: SweepRun) -> tuple[SweepRun, int, float]:
+        run_dir = out_dir / run.run_id
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        start = time.perf_counter()
+        log = out_dir / f"{run.run_id}.log"
+        with open(log, "w") as f:
+            code = subprocess.run(_command(spec, run, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        return run, code, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", disable=not progress) as bar:
+        futures = [pool.submit(launch, i, run) for i, run in enumerate(todo)]
+        for future in as_completed(futures):
+            run, code, seconds = future.result()
+            if code == 0:
+                status[run.run_id] = {"state": "finished", "overrides": run.overrides, "seconds": round(seconds, 1)}
+            else:
+                tail = (out_dir / f"{run.run_id}.log").read_text()[-2000:]
+                status[run.run_id] = {"state": "failed", "overrides": run.overrides, "exit_code": code, "error": tail}
+                (out_dir / run.run_id).mkdir(exist_ok=True)
+                (out_dir / run.run_id / "error.txt").write_text(tail)
+            status_path.write_text(json.dumps(status, indent=1))
+            bar.update(1)
+            bar.set_postfix(failed=sum(s["state"] == "failed" for s in status.values()))
+    status_path.write_text(json.dumps(status, indent=1))
+    return status
+
+
+def register_with_wandb(spec: dict, project: str) -> str:
+    """Create a real wandb sweep from the same file; agents on many machines then run
+    `wandb agent <entity>/<project>/<id>`, each calling `ldl train key=value ...`."""
+    import wandb
+
+    return wandb.sweep(sweep=spec, project=project)
