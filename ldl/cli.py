@@ -138,6 +138,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher(args: argparse.Namespace) -> int:
+    from ldl.teacher import label_dataset, train_teacher
+
+    if args.action == "train":
+        report = train_teacher(load_config(args.config, args.overrides), Path(args.dir))
+        console.print(f"teacher saved to {Path(args.dir) / 'teacher.pt'}: {report}")
+    else:
+        if not args.out:
+            raise ConfigError("ldl teacher label needs --out (the AffectNet+-layout folder to write)")
+        cfg = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+        counts = label_dataset(Path(args.dir), Path(args.out), cfg)
+        console.print(f"AffectNet+-layout soft labels written to {args.out}: {counts}")
+        console.print(f"train a student: ldl train data.name=affectnet_plus data.root={args.out} method.name=distill")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldl", description="Uncertainty-aware label-distribution learning for facial expression recognition.",
@@ -169,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_noise)
+
+    p = sub.add_parser("teacher", help="AffectNet+-style soft-label teacher: train it, or label a dataset")
+    p.add_argument("action", choices=["train", "label"])
+    p.add_argument("dir", help="teacher folder (written by train, read by label)")
+    p.add_argument("-c", "--config")
+    p.add_argument("--out", help="label: folder to write in the AffectNet+ layout")
+    p.add_argument("overrides", nargs="*", help="train: dotted overrides; label: the dataset to label")
+    p.set_defaults(func=_teacher)
 
     p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")
     p.add_argument("file")

@@ -90,19 +90,25 @@ def _gather(tensor: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
+                   amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and sample indices over a whole split (gathered across ranks), in loader order."""
+    model.eval(), method.eval()
+    logits, index = [], []
+    for batch in loader:
+        with autocast(device, amp):
+            logits.append(method.predict(model, batch["image"]).float())
+        index.append(batch["index"])
+    logits_t, index_t = torch.cat(logits), torch.cat(index)
+    logits_t, index_t = _gather(logits_t, len(loader.data)), _gather(index_t, len(loader.data))
+    return logits_t.cpu().numpy(), index_t.cpu().numpy()
+
+
 def predict_probs(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
                   amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Softmax predictions and sample indices over a whole split, in loader order."""
-    model.eval(), method.eval()
-    probs, index = [], []
-    for batch in loader:
-        with autocast(device, amp):
-            logits = method.predict(model, batch["image"])
-        probs.append(torch.softmax(logits.float(), 1))
-        index.append(batch["index"])
-    probs_t, index_t = torch.cat(probs), torch.cat(index)
-    probs_t, index_t = _gather(probs_t, len(loader.data)), _gather(index_t, len(loader.data))
-    return probs_t.cpu().numpy(), index_t.cpu().numpy()
+    logits, index = predict_logits(model, method, loader, device, amp)
+    return torch.softmax(torch.from_numpy(logits), 1).numpy(), index
 
 
 def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
@@ -113,6 +119,12 @@ def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torc
     data = loader.data
     metrics = classification_metrics(data.labels[index], probs, ece_bins)
     metrics["reliability"] = reliability_bins(data.labels[index], probs, ece_bins)
+    if data.subset is not None:  # AffectNet+-style subsets: 0 easy, 1 challenging, 2 difficult
+        correct = probs.argmax(1) == data.labels[index]
+        subset = data.subset[index]
+        for s, name in enumerate(("easy", "challenging", "difficult")):
+            if (subset == s).any():
+                metrics[f"accuracy_{name}"] = float(correct[subset == s].mean())
     if data.dist is not None:
         metrics.update(distribution_metrics(data.dist[index][:, : probs.shape[1]], probs))
     return metrics
