@@ -154,6 +154,15 @@ def _teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ldl.bench import METHODS, run_bench
+
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    path = run_bench(Path(args.out), tuple(args.sections.split(",")), methods, args.synthetic, args.rafdb)
+    console.print(f"benchmark results written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldl", description="Uncertainty-aware label-distribution learning for facial expression recognition.",
@@ -193,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="label: folder to write in the AffectNet+ layout")
     p.add_argument("overrides", nargs="*", help="train: dotted overrides; label: the dataset to label")
     p.set_defaults(func=_teacher)
+
+    p = sub.add_parser("bench", help="speed and memory: our loop vs the raw model step, k-NN, cache, loader")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--sections", default="train,knn,cache", help="comma list of train, knn, cache")
+    p.add_argument("--methods", help="comma list (default: every method; ldlva:faithful for the faithful mode)")
+    p.add_argument("--synthetic", type=int, default=100_000, help="images in the synthetic cache benchmark")
+    p.add_argument("--rafdb", type=int, default=12_271, help="training JPEGs in the RAF-DB-layout cache benchmark")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")
     p.add_argument("file")

@@ -47,8 +47,8 @@ def test_bad_sweep_files(tmp_path):
 
 
 def test_local_sweep_skips_finished_records_failures_and_reports(tmp_path):
-    overrides = [o for o in tiny(tmp_path / "unused", "optim.epochs=1", "data.noise.type=symmetric")
-                 if not o.startswith("run.dir")]
+    overrides = [o for o in tiny(tmp_path / "unused", "optim.epochs=1", "data.noise.type=symmetric",
+                                 "data.synthetic.num_train=600", "model.width=8") if not o.startswith("run.dir")]
     spec = {"method": "grid", "command": ["ldl", "train", *overrides, "${args_no_hyphens}"],
             "parameters": {"method.name": {"values": ["ce", "ldlva", "no_such_method"]},
                            "data.noise.rate": {"values": [0.0, 0.3]}}}

@@ -71,7 +71,8 @@ def test_json_written_then_read_back(tmp_path):
 
 
 def test_teacher_train_label_and_student(tmp_path):
-    base = tiny(tmp_path / "unused", "optim.epochs=1", "model.width=8", "teacher.au_epochs=50")
+    base = tiny(tmp_path / "unused", "optim.epochs=1", "model.width=8", "teacher.au_epochs=50",
+                "data.synthetic.num_train=600")
     base = [o for o in base if not o.startswith("run.dir")]
     assert main(["teacher", "train", str(tmp_path / "teacher"), *base]) == 0
     assert main(["teacher", "label", str(tmp_path / "teacher"), "--out", str(tmp_path / "anp")]) == 0

@@ -1,0 +1,228 @@
+"""`ldl bench`: speed and memory figures, measured in one run and reported as ratios.
+
+Sections (all by default):
+  train   per method: our training loop (train_one_epoch, data already in memory / on the GPU)
+          against the raw model step (forward, backward, optimiser step on one fixed batch) of
+          the same model, batch and precision: images/s and the ratio loop / raw;
+          and each method's epoch time relative to CE.
+  eval    evaluation throughput (images/s).
+  knn     exact k = 8 neighbour search time per backend as N grows, 2-d and 512-d.
+  cache   packed-cache build time and size: the synthetic set, and a RAF-DB-layout set of
+          100x100 JPEGs written for the purpose.
+  loader  loader + augmentation batches/s against the model steps/s it feeds.
+Peak memory (GPU allocator, or the process's max RSS on CPU) is recorded per section.
+Results go to <out>/bench-<host>.json with the machine named; nothing here is asserted by tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ldl.config import load_config
+from ldl.data import build_splits
+from ldl.data.augment import BatchAugment
+from ldl.data.dataset import BatchLoader
+from ldl.engine import autocast, evaluate, train_one_epoch
+from ldl.models import build_model
+from ldl.neighbors import available_backends, knn
+from ldl.tracking import machine
+from ldl.train import Job
+
+METHODS = ("ce", "label_smoothing", "ldlva", "ldlva:faithful", "slm_aea", "scn", "rul", "eac")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def profile(gpu: bool) -> dict:
+    """Sizes for a CPU run (small network, 48 px) and for a GPU run (ResNet-18 at 112 px)."""
+    if gpu:
+        return {"image_size": 112, "width": 64, "stem": "imagenet", "batch": 256, "steps": 40,
+                "knn_sizes": [12271, 50000, 100000, 287651]}
+    return {"image_size": 48, "width": 16, "stem": "small", "batch": 128, "steps": 12,
+            "knn_sizes": [2000, 8000, 32000]}
+
+
+def _cfg(p: dict, method: str, extra: list[str] = ()):
+    name, _, mode = method.partition(":")
+    overrides = [f"data.image_size={p['image_size']}", f"model.width={p['width']}", f"model.stem={p['stem']}",
+                 f"optim.batch_size={p['batch']}", f"data.synthetic.num_train={p['batch'] * p['steps']}",
+                 "data.synthetic.num_val=512", f"data.synthetic.num_test={2 * p['batch']}", f"method.name={name}",
+                 "log.progress=false", "log.wandb=disabled", "optim.warmup_epochs=0", *extra]
+    if mode:
+        overrides.append(f"method.ldlva.mode={mode}")
+    return load_config(None, overrides)
+
+
+def raw_step_images_per_s(p: dict, device: torch.device, channels_last: bool, steps: int) -> float:
+    model = build_model("resnet18", 8, p["width"], p["stem"]).to(device)
+    x = torch.randn(p["batch"], 3, p["image_size"], p["image_size"], device=device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 8, (p["batch"],), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for i in range(steps + 3):
+        if i == 3:
+            _sync()
+            start = time.perf_counter()
+        with autocast(device, True):
+            loss = torch.nn.functional.cross_entropy(model(x)["logits"].float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync()
+    return steps * p["batch"] / (time.perf_counter() - start)
+
+
+def bench_train(p: dict, methods: tuple[str, ...]) -> dict:
+    out = {}
+    for method in methods:
+        cfg = _cfg(p, method, ["optim.epochs=2"])
+        splits = build_splits(cfg, ("train", "test"))
+        job = Job(cfg, splits)
+        job.method.on_train_start(job.net, splits["train"])
+        common = (job.net, job.method, job.train_loader, job.optimizer, job.scheduler)
+        train_one_epoch(*common, 0, job.device, cfg.amp, progress=False)          # warm-up epoch
+        _sync()
+        stats = train_one_epoch(*common, 1, job.device, cfg.amp, progress=False)
+        raw = raw_step_images_per_s(p, job.device, job.channels_last, p["steps"])
+        eval_start = time.perf_counter()
+        evaluate(job.net, job.method, job.eval_loader("test"), job.device, cfg.amp)
+        _sync()
+        out[method] = {"loop_images_per_s": stats["train_images_per_s"], "raw_step_images_per_s": raw,
+                       "loop_over_raw": stats["train_images_per_s"] / raw, "epoch_time_s": stats["epoch_time"],
+                       "eval_images_per_s": len(splits["test"]) / (time.perf_counter() - eval_start)}
+        print(method, {k: round(v, 3) for k, v in out[method].items()}, flush=True)
+    if "ce" in out:
+        for method in out:
+            out[method]["epoch_time_over_ce"] = out[method]["epoch_time_s"] / out["ce"]["epoch_time_s"]
+    return out
+
+
+def bench_knn(sizes: list[int], dims: tuple[int, ...] = (2, 512), budget_s: float = 300) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows, slow = [], set()
+    for dim in dims:
+        for n in sizes:
+            points = rng.uniform(-1, 1, (n, dim)).astype(np.float32)
+            for backend in available_backends():
+                if (backend, dim) in slow:
+                    rows.append({"backend": backend, "n": n, "dim": dim, "seconds": None, "skipped": "too slow"})
+                    continue
+                start = time.perf_counter()
+                knn(points, 8, backend)
+                _sync()
+                seconds = time.perf_counter() - start
+                rows.append({"backend": backend, "n": n, "dim": dim, "seconds": seconds})
+                print(rows[-1], flush=True)
+                if seconds * 4 > budget_s:  # the next size would take ~4x longer or more
+                    slow.add((backend, dim))
+    return rows
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _write_rafdb_like(root: Path, n_train: int, n_test: int) -> None:
+    rng = np.random.default_rng(0)
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "Image" / "aligned").mkdir(parents=True)
+    names = [f"train_{i + 1:05d}.jpg" for i in range(n_train)] + [f"test_{i + 1:04d}.jpg" for i in range(n_test)]
+    (root / "EmoLabel" / "list_patition_label.txt").write_text(
+        "\n".join(f"{n} {l}" for n, l in zip(names, rng.integers(1, 8, len(names)))))
+    base = rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    for i, n in enumerate(names):
+        Image.fromarray(np.roll(base, i % 100, axis=1)).save(root / "Image" / "aligned" / f"{n[:-4]}_aligned.jpg", quality=90)
+
+
+def bench_cache_and_loader(p: dict, synthetic_n: int, rafdb_n: int) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = os.environ.get("LDL_CACHE")
+        os.environ["LDL_CACHE"] = str(Path(tmp) / "cache")
+        try:
+            cfg = load_config(None, [f"data.synthetic.num_train={synthetic_n}", f"data.image_size={p['image_size']}"])
+            start = time.perf_counter()
+            train = build_splits(cfg, ("train",))["train"]
+            out["synthetic_cache"] = {"images": synthetic_n, "image_size": p["image_size"],
+                                      "build_s": time.perf_counter() - start, "bytes": _folder_bytes(Path(tmp) / "cache")}
+            start = time.perf_counter()
+            build_splits(cfg, ("train",))
+            out["synthetic_cache"]["reload_s"] = time.perf_counter() - start
+            out["synthetic_loader"] = loader_vs_step(train, p)
+            raf = Path(tmp) / "raf-basic"
+            start = time.perf_counter()
+            _write_rafdb_like(raf, rafdb_n, 3068)
+            out["rafdb_like_jpeg_write_s"] = time.perf_counter() - start
+            before = _folder_bytes(Path(tmp) / "cache")
+            cfg = load_config(None, ["data.name=rafdb", f"data.root={raf}", "data.num_classes=7",
+                                     "data.image_size=100", "data.val_fraction=0"])
+            start = time.perf_counter()
+            raf_train = build_splits(cfg, ("train",))["train"]
+            out["rafdb_cache"] = {"images": len(raf_train), "source": "100x100 JPEG", "image_size": 100,
+                                  "build_s": time.perf_counter() - start,
+                                  "bytes": _folder_bytes(Path(tmp) / "cache") - before}
+        finally:
+            if previous is None:
+                os.environ.pop("LDL_CACHE", None)
+            else:
+                os.environ["LDL_CACHE"] = previous
+    return out
+
+
+def loader_vs_step(data, p: dict) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loader = BatchLoader(data, p["batch"], device, train=True, augment=BatchAugment(erase_p=0.5))
+    start, n = time.perf_counter(), 0
+    for n, _ in enumerate(loader, start=1):
+        if n >= p["steps"]:
+            break
+    _sync()
+    loader_s = (time.perf_counter() - start) / n
+    step_ips = raw_step_images_per_s(p, device, device.type == "cuda", p["steps"])
+    return {"loader_batches_per_s": 1 / loader_s, "model_steps_per_s": step_ips / p["batch"],
+            "loader_time_over_step_time": loader_s / (p["batch"] / step_ips)}
+
+
+def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...] = METHODS,
+              synthetic_n: int = 100_000, rafdb_n: int = 12_271) -> Path:
+    gpu = torch.cuda.is_available()
+    p = profile(gpu)
+    results: dict = {"machine": machine(), "profile": p, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for section in sections:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        if section == "train":
+            results["train"] = bench_train(p, methods)
+        elif section == "knn":
+            results["knn"] = bench_knn(p["knn_sizes"])
+        elif section in ("cache", "loader"):
+            if "cache" not in results:
+                results["cache"] = bench_cache_and_loader(p, synthetic_n, rafdb_n)
+        elif section != "eval":  # eval throughput is measured with each method in `train`
+            raise ValueError(f"unknown bench section {section!r}")
+        results.setdefault("peak_memory_mb", {})[section] = peak_memory_mb()
+        results.setdefault("section_seconds", {})[section] = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench-{socket.gethostname()}{'-gpu' if gpu else '-cpu'}.json"
+    path.write_text(json.dumps(results, indent=1))
+    return path
