@@ -57,7 +57,7 @@ def profile(gpu: bool) -> dict:
         return {"image_size": 112, "width": 64, "stem": "imagenet", "batch": 256, "steps": 40,
                 "knn_sizes": [12271, 50000, 100000, 287651]}
     return {"image_size": 48, "width": 16, "stem": "small", "batch": 128, "steps": 12,
-            "knn_sizes": [2000, 8000, 32000]}
+            "knn_sizes": [12271, 50000]}
 
 
 def _cfg(p: dict, method: str, extra: list[str] = ()):

@@ -163,6 +163,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _va(args: argparse.Namespace) -> int:
+    from ldl.va import annotate, train_va
+
+    cfg = load_config(args.config, args.overrides)
+    if args.action == "train":
+        metrics = train_va(cfg, Path(args.dir))
+        console.print(f"VA regressor saved to {Path(args.dir) / 'va_regressor.pt'}; validation: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
+    else:
+        if not args.out:
+            raise ConfigError("ldl va annotate needs --out (the CSV to write)")
+        rows = annotate(Path(args.dir), cfg, Path(args.out))
+        console.print(f"pseudo-VA for {rows} samples written to {args.out}; use it with data.va_file={args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldl", description="Uncertainty-aware label-distribution learning for facial expression recognition.",
@@ -194,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_noise)
+
+    p = sub.add_parser("va", help="pseudo valence-arousal: train a VA regressor, or annotate a dataset")
+    p.add_argument("action", choices=["train", "annotate"])
+    p.add_argument("dir", help="regressor folder (written by train, read by annotate)")
+    p.add_argument("-c", "--config")
+    p.add_argument("--out", help="annotate: CSV name,valence,arousal to write")
+    p.add_argument("overrides", nargs="*", help="train: the VA dataset; annotate: the dataset to annotate")
+    p.set_defaults(func=_va)
 
     p = sub.add_parser("teacher", help="AffectNet+-style soft-label teacher: train it, or label a dataset")
     p.add_argument("action", choices=["train", "label"])
@@ -234,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may also follow options (`ldl va annotate DIR --out x.csv data.name=rafdb`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, FileExistsError) as err:  # SweepError, DataError too

@@ -123,7 +123,8 @@ class Job:
                 gpu_resident=cfg.data.gpu_resident, channels_last=self.channels_last,
                 rank=self.rank, world_size=self.world)
         steps = len(self.train_loader) if self.train_loader is not None else 1
-        ctx = MethodContext(num_classes=self.num_classes, num_train=len(train) if train is not None else num_train,
+        self.num_train = len(train) if train is not None else num_train
+        ctx = MethodContext(num_classes=self.num_classes, num_train=self.num_train,
                             feature_dim=self.model.feature_dim, epochs=cfg.optim.epochs, steps_per_epoch=steps,
                             batch_size=cfg.optim.batch_size, device=self.device,
                             feature_map_size=self._feature_map_size(cfg.data.image_size), train_data=train)
@@ -158,11 +159,8 @@ class Job:
             "optimizer": self.optimizer.state_dict(),
             "extra_optimizers": [o.state_dict() for o in self.method.extra_optimizers()],
             "scheduler": self.scheduler.state_dict(), "history": history, "best": best,
-            "rng": checkpoint.rng_state(), "num_train": self.method_num_train(),
+            "rng": checkpoint.rng_state(), "num_train": self.num_train,
         }
-
-    def method_num_train(self) -> int:
-        return len(self.splits["train"]) if "train" in self.splits else 0
 
     def load_state(self, state: dict[str, Any], weights_only: bool = False) -> None:
         self.model.load_state_dict(state["model"])

@@ -84,3 +84,25 @@ def test_uncertainty_is_learned_exported_and_resumed(tmp_path):
     job.load_state(state)
     assert torch.equal(job.method.theta.detach(), theta)
     assert torch.equal(job.method.neighbours, state["method"]["neighbours"])
+
+
+def test_pseudo_va_train_annotate_and_ldlva_on_a_dataset_without_va(tmp_path):
+    import csv
+    import formats
+    from ldl.cli import main
+    from ldl.va import concordance
+
+    assert concordance(np.array([0.1, 0.5, -0.3]), np.array([0.1, 0.5, -0.3])) == pytest.approx(1.0)
+    assert concordance(np.array([1.0, 2.0]), np.array([2.0, 3.0])) == pytest.approx(2 * 0.25 / (0.25 + 0.25 + 1))
+    base = [o for o in tiny(tmp_path / "x", "optim.epochs=1", "data.synthetic.num_train=600", "model.width=8")
+            if not o.startswith("run.dir")]
+    assert main(["va", "train", str(tmp_path / "va"), *base]) == 0
+    raf = formats.rafdb(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 4, [1, 2, 3, 4, 5, 6, 7], distribution=False)
+    target = ["data.name=rafdb", f"data.root={raf}", "data.num_classes=7", "log.progress=false", "data.val_fraction=0.25"]
+    out = tmp_path / "raf_va.csv"
+    assert main(["va", "annotate", str(tmp_path / "va"), "--out", str(out), *target]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 35 and all(abs(float(r["valence"])) <= 1 and abs(float(r["arousal"])) <= 1 for r in rows)
+    summary = run_training(load_config(None, [*base, *target, "method.name=ldlva", f"data.va_file={out}",
+                                              "optim.batch_size=8", "method.ldlva.k=4", f"run.dir={tmp_path / 'r'}"]))
+    assert summary["method"] == "ldlva" and summary["dataset"] == "rafdb"
