@@ -92,7 +92,7 @@ def annotate(regressor_dir: Path, target: DictConfig, out_csv: Path) -> int:
     cfg.data.num_classes = target.data.num_classes
     cfg.data.va_file = None
     cfg.data.noise.type = "none"
-    splits = build_splits(cfg, ("train", "test"))
+    splits = build_splits(cfg, ("train", "val", "test"))
     job = Job(cfg, splits)
     job.model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("fc.")}, strict=False)
     head = nn.Linear(job.model.feature_dim, 2).to(job.device)
