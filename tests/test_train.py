@@ -123,3 +123,11 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_the_ldl_command_is_installed():
+    """Fails when the install step was skipped (running from the repo root would still import ldl)."""
+    import shutil
+    assert shutil.which("ldl"), "the `ldl` console script is not installed: pip install -e ."
+    result = subprocess.run(["ldl", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout and "sweep" in result.stdout

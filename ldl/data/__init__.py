@@ -56,21 +56,20 @@ def build_splits(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "te
     out = {split: DATASETS[name](cfg, split) for split in splits}
     for split, data in out.items():
         if len(data) == 0:
-            raise ValueError(f"{name}: the {split} split is empty")
+            hint = f" (it is held out of train: raise data.val_fraction={cfg.data.val_fraction})" if split == "val" else ""
+            raise ValueError(f"{name}: the {split} split is empty{hint}")
+    if cfg.data.va_file:  # pseudo-VA for datasets without human VA (`ldl va annotate`)
+        from ldl.data.loading import read_va_file
+        out = {split: read_va_file(Path(cfg.data.va_file).expanduser(), data) for split, data in out.items()}
     if "train" in out and cfg.data.noise.type != "none":
         out["train"] = apply_noise(out["train"], cfg.data.noise)
     return out
 
 
 def _import_real_loaders() -> None:
-    """Real-format loaders register themselves on import."""
-    import importlib
-    for module in ("rafdb", "affectnet", "affectnet_plus", "sfew", "ferplus", "manifest"):
-        try:
-            importlib.import_module(f"ldl.data.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"ldl.data.{module}":
-                raise
+    """Real-format loaders register themselves on import (kept lazy: PIL and csv parsing are
+    not needed for the synthetic set)."""
+    from ldl.data import affectnet, affectnet_plus, ferplus, manifest, rafdb, sfew  # noqa: F401
 
 
 __all__ = ["BatchLoader", "FERData", "build_splits", "register_dataset", "DATASETS"]

@@ -85,17 +85,23 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _per_rank(self) -> int:
+        """Samples each rank sees: equal shares, padded by repeats (eval) or truncated (train),
+        as torch's DistributedSampler does."""
+        n = len(self.data)
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         n = len(self.data)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
-        if self.world_size > 1:  # every rank sees an equal, disjoint share (DistributedSampler style)
-            per_rank = -(-n // self.world_size) if not self.drop_last else n // self.world_size
-            order = torch.cat([order, order[: per_rank * self.world_size - n]]) if per_rank * self.world_size > n else order
-            order = order[self.rank: per_rank * self.world_size: self.world_size]
+        if self.world_size > 1:  # every rank takes an interleaved, disjoint share
+            total = self._per_rank() * self.world_size
+            order = torch.cat([order, order[: total - n]])[:total]
+            order = order[self.rank::self.world_size]
         return order
 
     def __len__(self) -> int:
-        n = len(self.data) // self.world_size if self.world_size > 1 else len(self.data)
+        n = self._per_rank()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _gather_images(self, index: torch.Tensor) -> torch.Tensor:

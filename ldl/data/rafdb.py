@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from ldl.data import register_dataset
 from ldl.data.dataset import FERData
 from ldl.data.labels import RAFDB_COLUMN_TO_CANONICAL, RAFDB_TO_CANONICAL, reorder_columns
-from ldl.data.loading import (DataError, ErrorPolicy, cached_split, data_root, decode_into, read_va_file,
-                              require_file, train_val_test)
+from ldl.data.loading import (DataError, ErrorPolicy, cached_split, data_root, decode_into, require_file,
+                              train_val_test)
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
 
@@ -100,10 +100,6 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
         sources = [label_file] + ([dist_file] if dist_file else [])
         return cached_split(cfg, part, sources, {"dist": str(dist_file)}, build)
 
-    data = train_val_test(cfg, split, native)
-    if cfg.data.va_file:
-        data = read_va_file(Path(cfg.data.va_file).expanduser(), data)
-    return data
+    return train_val_test(cfg, split, native)
 
 
-__all__ = ["rafdb_split", "read_label_file", "read_distribution_file"]
