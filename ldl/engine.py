@@ -26,6 +26,9 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+SYNC_EVERY = 25
+
+
 def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -37,14 +40,13 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
     loader.set_epoch(epoch)
     method.on_epoch_start(model, epoch)
     extra = method.extra_optimizers()
-    totals: dict[str, float] = {}
-    seen, correct, start = 0, 0, time.perf_counter()
+    # Sums stay on the device; the host syncs only every SYNC_EVERY steps (progress, NaN check).
+    totals: dict[str, torch.Tensor] = {}
+    seen, correct, start = 0, torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not (progress and _is_main()), unit="batch")
-    for batch in bar:
+    for step, batch in enumerate(bar):
         with autocast(device, amp):
             out = method.training_step(model, batch, epoch)
-        if not math.isfinite(out.loss.item()):
-            raise FloatingPointError(f"epoch {epoch + 1}: loss is {out.loss.item()}; lower optim.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         for opt in extra:
             opt.zero_grad(set_to_none=True)
@@ -61,19 +63,23 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
         method.synchronise(batch["index"])
         n = len(batch["label"])
         seen += n
-        correct += int((out.logits.argmax(1) == batch["label"]).sum())
-        for key, value in {"loss": out.loss.item(), **out.logs}.items():
+        correct += (out.logits.detach().argmax(1) == batch["label"]).sum()
+        for key, value in {"loss": out.loss, **out.logs}.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=device)
             totals[key] = totals.get(key, 0.0) + value * n
-        bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if step % SYNC_EVERY == 0 or step == len(loader) - 1:
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}, step {step}: loss is {loss}; lower optim.lr or check the data")
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     elapsed = time.perf_counter() - start
+    keys = sorted(totals)
+    packed = torch.stack([torch.tensor(float(seen), device=device), correct.float()] + [totals[k] for k in keys]).double()
     if dist.is_initialized() and dist.get_world_size() > 1:  # every rank's samples count
-        keys = sorted(totals)
-        packed = torch.tensor([seen, correct] + [totals[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(packed)
-        seen, correct = int(packed[0]), int(packed[1])
-        totals = dict(zip(keys, packed[2:].tolist()))
-    stats = {f"train_{k}": v / max(seen, 1) for k, v in totals.items()}
-    stats.update(train_accuracy=correct / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
+    seen, correct_total, *sums = packed.tolist()
+    stats = {f"train_{k}": v / max(seen, 1) for k, v in zip(keys, sums)}
+    stats.update(train_accuracy=correct_total / max(seen, 1), lr=optimizer.param_groups[0]["lr"],
                  epoch_time=elapsed, train_images_per_s=seen / max(elapsed, 1e-9))
     method.on_epoch_end(model, epoch)
     return stats

@@ -79,7 +79,10 @@ def test_slm_mined_labels_are_checkpointed_and_scored(tmp_path):
                                                   "data.noise.rate=0.3")))
     state = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     logits = state["method"]["label_logits"]
-    assert logits.shape == (1500, 8) and int(state["method"]["step"]) == 2 * (1500 // 64)
+    assert logits.shape == (1500, 8)
+    given = torch.softmax(logits, 1)[torch.arange(1500), torch.from_numpy(
+        __import__("numpy").loadtxt(tmp_path / "r" / "samples.csv", delimiter=",", skiprows=1, usecols=1, dtype=int))]
+    assert (given < 0.97 - 1e-3).any()   # mining moved labels away from their initial 0.97
     recovery = summary["noise_detection"]["label_recovery"]
     assert 0 <= recovery["accuracy"] <= 1 and "noise_score" in summary["noise_detection"]
     header = (tmp_path / "r" / "samples.csv").read_text().splitlines()[0]

@@ -40,7 +40,7 @@ class MethodContext:
 class StepOutput:
     loss: torch.Tensor
     logits: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)  # detached tensors: no host sync
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 

@@ -34,4 +34,4 @@ class Distill(Method):
         per_sample = -(target * F.log_softmax(logits, 1)).sum(1)
         w = self.subset_weights(batch.get("subset"), epoch, len(logits), logits.device)
         loss = (w * per_sample).sum() / w.sum().clamp(min=1e-12)
-        return StepOutput(loss, logits, {"active_fraction": float((w > 0).float().mean())})
+        return StepOutput(loss, logits, {"active_fraction": (w > 0).float().mean()})

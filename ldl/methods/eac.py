@@ -38,4 +38,4 @@ class EAC(Method):
         ce = F.cross_entropy(logits, batch["label"])
         consistency = attention_consistency(cam, cam_flipped)
         return StepOutput(ce + self.cfg.lam * consistency, logits,
-                          {"ce": ce.item(), "consistency": consistency.item()})
+                          {"ce": ce.detach(), "consistency": consistency.detach()})

@@ -163,8 +163,8 @@ class LDLVA(Method):
         loss = ce + self.cfg.gamma * centre_loss
         self.bank_probs[index] = torch.softmax(logits.detach(), 1)
         self.bank_feats[index] = feats.detach()
-        return StepOutput(loss, logits, {"ce": ce.item(), "centre_loss": centre_loss.item(),
-                                         "mean_weight": w.mean().item()},
+        return StepOutput(loss, logits, {"ce": ce.detach(), "centre_loss": centre_loss.detach(),
+                                         "mean_weight": w.mean()},
                           extras={"feats": feats.detach(), "neighbour_feats": f_k, "neighbours": neighbours,
                                   "weight": w})
 

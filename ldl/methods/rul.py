@@ -50,7 +50,7 @@ class RUL(Method):
         logits = self.classifier(mixed)
         labels = batch["label"]
         loss = 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[perm])
-        return StepOutput(loss, logits, {"mean_confidence": confidence.mean().item()}, {"confidence": confidence.detach()})
+        return StepOutput(loss, logits, {"mean_confidence": confidence.mean().detach()}, {"confidence": confidence.detach()})
 
     @torch.no_grad()
     def after_step(self, model, batch, out, epoch):

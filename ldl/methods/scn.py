@@ -47,7 +47,7 @@ class SCN(Method):
         labels = self.labels[batch["index"]]
         rr = rank_regularisation(alpha, self.cfg.beta, self.cfg.margin_1)
         ce = F.cross_entropy(logits, labels)
-        return StepOutput(ce + rr, logits, {"ce": ce.item(), "rank_reg": rr.item()}, {"alpha": alpha.detach()})
+        return StepOutput(ce + rr, logits, {"ce": ce.detach(), "rank_reg": rr.detach()}, {"alpha": alpha.detach()})
 
     @torch.no_grad()
     def after_step(self, model, batch, out, epoch):

@@ -63,8 +63,8 @@ class SLMAEA(Method):
         labels = torch.from_numpy(ctx.train_data.labels) if ctx.train_data is not None else torch.zeros(ctx.num_train, dtype=torch.long)
         self.register_buffer("given_labels", labels.long().clone())
         self.register_buffer("label_logits", initial_logits(labels.long(), ctx.num_classes, cfg.k, cfg.p))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch = ctx.steps_per_epoch
+        self.step_in_epoch = 0   # checkpoints fall on epoch boundaries, so this needs no saving
         self.aea = cfg.aea
         self.aea_weight = nn.Parameter(torch.ones(ctx.feature_dim))
         self.register_buffer("running_mean", torch.zeros(ctx.feature_dim))
@@ -84,14 +84,17 @@ class SLMAEA(Method):
         target = torch.softmax(self.label_logits[batch["index"]], 1)
         return StepOutput(soft_cross_entropy(logits.float(), target), logits.float())
 
+    def on_epoch_start(self, model, epoch):
+        self.step_in_epoch = 0
+
     @torch.no_grad()
     def after_step(self, model, batch, out, epoch):
-        t = float(self.step) / self.steps_per_epoch
+        t = epoch + self.step_in_epoch / self.steps_per_epoch
         index = batch["index"]
         w_u, w_d = ramp_up(t, self.cfg.alpha, self.cfg.beta), ramp_down(t, self.cfg.alpha, self.cfg.beta)
         pred = torch.softmax(out.logits.detach().float(), 1)
         self.label_logits[index] = mining_step(self.label_logits[index], pred, batch["label"], w_u, w_d, self.cfg.lam)
-        self.step += 1
+        self.step_in_epoch += 1
 
     @torch.no_grad()
     def predict(self, model, images):
