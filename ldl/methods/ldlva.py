@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldl.data.augment import normalize
-from ldl.data.dataset import FERData
+from ldl.data.dataset import FERData, gather_rows
 from ldl.methods.base import Method, MethodContext, StepOutput, register_method
 from ldl.neighbors import knn
 
@@ -121,9 +121,7 @@ class LDLVA(Method):
 
     # ------------------------------------------------------------------ forward helpers
     def _images(self, index: torch.Tensor) -> torch.Tensor:
-        idx = index.flatten().cpu()
-        sorted_idx, inverse = torch.sort(idx)
-        batch = torch.from_numpy(np.asarray(self.train_images[sorted_idx.numpy()]))[torch.argsort(inverse)]
+        batch = gather_rows(self.train_images, index.flatten().cpu())
         return normalize(batch.to(self.theta.device).permute(0, 3, 1, 2).float().div_(255))
 
     @torch.no_grad()
