@@ -56,6 +56,12 @@ def gather_rows(images: np.ndarray, index: torch.Tensor) -> torch.Tensor:
     return rows[torch.argsort(order)]
 
 
+def _fits_on_gpu(nbytes: int, device: torch.device, share: float = 0.5) -> bool:
+    """Keep the uint8 images in GPU memory only if they take at most `share` of what is free."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
 def _to_tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
     if array is None:
         return None
@@ -79,9 +85,8 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        on_gpu = device.type == "cuda" and gpu_resident
-        image_device = device if on_gpu else torch.device("cpu")
-        self.images = torch.from_numpy(np.asarray(data.images)).to(image_device) if on_gpu else data.images
+        on_gpu = device.type == "cuda" and gpu_resident and _fits_on_gpu(data.images.nbytes, device)
+        self.images = torch.from_numpy(np.asarray(data.images)).to(device) if on_gpu else data.images
         self.fields = {
             "label": _to_tensor(data.labels, device), "clean_label": _to_tensor(data.clean_labels, device),
             "dist": _to_tensor(data.dist, device), "va": _to_tensor(data.va, device),
