@@ -133,7 +133,7 @@ def _report(args: argparse.Namespace) -> int:
         table.add_column(h)
     for row in info["rows"]:
         table.add_row(*row)
-    console.print(table)
+    Console(width=200).print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({info['figures']} figures)")
     return 0
 

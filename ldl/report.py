@@ -65,21 +65,24 @@ def _figure_to_base64(fig) -> str:
 
 
 def _accuracy_vs_noise(groups: dict) -> str | None:
-    curves = defaultdict(dict)
+    """One curve per (dataset, method, noise type); the clean runs are every curve's 0 % point."""
+    clean = {(d, m): [s["final"]["test"]["accuracy"] for s in ss] for (d, m, t, _), ss in groups.items() if t == "none"}
+    by_rate: dict[tuple, dict] = defaultdict(dict)
     for (dataset, method, ntype, rate), summaries in groups.items():
-        curves[(dataset, method, ntype)][rate] = [s["final"]["test"]["accuracy"] for s in summaries]
-    curves = {k: v for k, v in curves.items() if len(v) > 1 or k[2] != "none"}
-    by_rate = defaultdict(dict)
-    for (dataset, method, ntype), points in curves.items():
-        by_rate[(dataset, method)].update(points)   # the clean point (type none) joins every curve
-    if not any(len(v) > 1 for v in by_rate.values()):
+        if ntype != "none":
+            by_rate[(dataset, method, ntype)][rate] = [s["final"]["test"]["accuracy"] for s in summaries]
+    for (dataset, method, ntype), points in by_rate.items():
+        if (dataset, method) in clean:
+            points[0.0] = clean[(dataset, method)]
+    if not by_rate:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (dataset, method), points in sorted(by_rate.items()):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (dataset, method, ntype), points in sorted(by_rate.items()):
         rates = sorted(points)
         means = [np.mean(points[r]) for r in rates]
         stds = [np.std(points[r]) for r in rates]
-        ax.errorbar([100 * r for r in rates], means, yerr=stds, marker="o", capsize=3, label=f"{method} ({dataset})")
+        ax.errorbar([100 * r for r in rates], means, yerr=stds, marker="o", capsize=3,
+                    label=f"{method} ({dataset}, {ntype})")
     ax.set_xlabel("injected noise rate (%)")
     ax.set_ylabel("test accuracy (last epoch)")
     ax.grid(alpha=0.3)
