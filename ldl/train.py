@@ -213,18 +213,19 @@ def _export_samples(job: Job, path: Path) -> dict:
 @torch.no_grad()
 def _check_consistency(job: Job) -> dict:
     """Under torchrun: do all ranks end with the same model and method state (per-sample
-    uncertainty, mined labels, memory banks)?  Compared by checksums gathered from every rank."""
-    def checksum(module: torch.nn.Module) -> float:
-        return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in module.state_dict().values()
-                         if t.is_floating_point() or t.dtype == torch.long))
+    uncertainty, mined labels, memory banks, BatchNorm statistics)?  Every tensor's sum and sum
+    of squares (float64) are gathered from every rank and compared exactly."""
+    def fingerprint(module: torch.nn.Module) -> torch.Tensor:
+        values = [t.double() for t in module.state_dict().values() if t.is_floating_point() or t.dtype == torch.long]
+        return torch.stack([torch.stack([v.sum(), (v * v).sum()]) for v in values]).flatten().to(job.device)
 
-    local = torch.tensor([checksum(job.model), checksum(job.method)], dtype=torch.float64, device=job.device)
-    every = [torch.empty_like(local) for _ in range(job.world)]
-    dist.all_gather(every, local)
-    every_t = torch.stack(every).cpu()
-    return {"world_size": job.world,
-            "model_consistent": bool(torch.allclose(every_t[:, 0], every_t[0, 0], rtol=1e-9)),
-            "method_state_consistent": bool(torch.allclose(every_t[:, 1], every_t[0, 1], rtol=1e-9))}
+    result = {"world_size": job.world}
+    for name, module in (("model", job.model), ("method_state", job.method)):
+        local = fingerprint(module)
+        every = [torch.empty_like(local) for _ in range(job.world)]
+        dist.all_gather(every, local)
+        result[f"{name}_consistent"] = all(torch.equal(every[0], other) for other in every[1:])
+    return result
 
 
 def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, Any]:

@@ -51,7 +51,8 @@ class Method(nn.Module):
     uses_model_head = True   # False when the method classifies with its own head (DDP must then
                              # expect unused parameters)
     per_sample_buffers: tuple[str, ...] = ()  # [N, ...] state written at the batch's indices
-    shared_buffers: tuple[str, ...] = ()      # global state every rank updates (averaged)
+    shared_buffers: tuple[str, ...] = ()      # global state every rank updates (averaged, as are
+                                              # the buffers of submodules, e.g. BatchNorm statistics)
 
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__()
@@ -101,8 +102,9 @@ class Method(nn.Module):
             rows = [torch.empty_like(buf[index]) for _ in range(world)]
             dist.all_gather(rows, buf[index].contiguous())
             buf[torch.cat(indices)] = torch.cat(rows)
-        for name in self.shared_buffers:
-            buf = getattr(self, name)
+        shared = [getattr(self, name) for name in self.shared_buffers]
+        shared += [buf for name, buf in self.named_buffers() if "." in name and buf.is_floating_point()]
+        for buf in shared:
             dist.all_reduce(buf)
             buf /= world
 
