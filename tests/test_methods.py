@@ -122,6 +122,23 @@ def test_eac_cam_and_flip_match_the_public_codes_grid_sample():
     assert attention_consistency(cam, cam).item() > 0
 
 
+def test_eac_consistency_trains_features_not_the_classifier():
+    from omegaconf import OmegaConf
+    from ldl.methods.base import MethodContext
+    from ldl.methods.eac import EAC
+    from ldl.models import build_model
+    model = build_model("resnet18", 4, width=8, stem="small")
+    ctx = MethodContext(num_classes=4, num_train=8, feature_dim=64, epochs=1, steps_per_epoch=1, batch_size=8,
+                        device=torch.device("cpu"))
+    method = EAC(OmegaConf.create({"lam": 5.0}), ctx)
+    batch = {"image": torch.randn(8, 3, 32, 32), "label": torch.zeros(8, dtype=torch.long)}
+    out = method.training_step(model, batch, 0)
+    consistency_only = out.loss - F.cross_entropy(out.logits, batch["label"])
+    consistency_only.backward()
+    assert model.fc.weight.grad is None or model.fc.weight.grad.abs().max() == 0
+    assert model.backbone.conv1.weight.grad.abs().max() > 0
+
+
 @pytest.mark.parametrize("name", ["scn", "rul", "eac", "label_smoothing"])
 def test_each_peer_trains_and_exports(tmp_path, name):
     summary = run_training(load_config(None, tiny(tmp_path / "r", f"method.name={name}", "optim.epochs=1",
