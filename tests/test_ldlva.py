@@ -106,3 +106,11 @@ def test_pseudo_va_train_annotate_and_ldlva_on_a_dataset_without_va(tmp_path):
     summary = run_training(load_config(None, [*base, *target, "method.name=ldlva", f"data.va_file={out}",
                                               "optim.batch_size=8", "method.ldlva.k=4", f"run.dir={tmp_path / 'r'}"]))
     assert summary["method"] == "ldlva" and summary["dataset"] == "rafdb"
+
+
+def test_warmup_keeps_one_hot_targets_and_frozen_weights(tmp_path):
+    run_training(load_config(None, tiny(tmp_path / "r", "method.name=ldlva", "optim.epochs=1",
+                                        "method.ldlva.warmup_epochs=1", "data.synthetic.num_train=600",
+                                        "model.width=8")))
+    theta = checkpoint.load(tmp_path / "r" / "checkpoint.pt")["method"]["theta"]
+    assert torch.equal(theta, torch.full_like(theta, 0.5))

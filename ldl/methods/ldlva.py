@@ -19,6 +19,13 @@ For a training sample i with given label y_i and auxiliary point a_i (VA by defa
               toward their samples and apart by 0.1 * grad of sum_{j!=k} exp(-||c_j - c_k||^2 / D)
 1 - l_i is the sample's label uncertainty: exported per sample and scored as a noise detector.
 
+Warm-up (not in the paper): for `warmup_epochs` epochs the target is the one-hot label and the
+weights l_i stay frozen.  The paper starts from MS-Celeb weights, so the neighbours' predictions
+mean something from the first step; from random weights they are the network's own guesses, and
+d loss / d l_i = sum_c d_ic log p_ic - log p_iy > 0 for every sample the untrained network does
+not predict, so l falls, the target becomes the network's prediction and training can collapse
+to the majority class.  Default 0 (the paper); the from-scratch synthetic configs use 1.
+
 Modes.  faithful: neighbour images are forwarded through the network at every step (no grad),
 so a batch of B costs (K+1)B forward images, as in the paper.  fast: neighbour predictions and
 features come from a per-sample memory bank refreshed whenever a sample is in a batch; the bank
@@ -153,10 +160,11 @@ class LDLVA(Method):
         p_k, f_k = self._neighbour_outputs(model, neighbours)
         zeta = self.calibration(feats, f_k)
         d = aggregate(p_k, self.similarity[index], zeta)
-        weight = torch.sigmoid(self.theta[index])
+        warming_up = epoch < self.cfg.warmup_epochs
+        weight = torch.ones_like(d[:, 0]) if warming_up else torch.sigmoid(self.theta[index])
         target = target_distribution(labels, weight, d)
         ce = -(target * F.log_softmax(logits, 1)).sum(1).mean()
-        w = weight.detach()
+        w = torch.sigmoid(self.theta[index]).detach() if warming_up else weight.detach()
         centre_loss = 0.5 * (w[:, None] * (feats - self.centres[labels]) ** 2).sum() / len(labels)
         loss = ce + self.cfg.gamma * centre_loss
         self.bank_probs[index] = torch.softmax(logits.detach(), 1)
