@@ -13,7 +13,6 @@ import json
 import socket
 from pathlib import Path
 
-import numpy as np
 import yaml
 from PIL import Image
 

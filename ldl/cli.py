@@ -179,6 +179,18 @@ def _va(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_then_apply(sub, name: str, help: str, actions: tuple[str, str], dir_help: str, out_help: str,
+                      overrides_help: str, func) -> None:
+    """A subcommand whose first action trains something into DIR and whose second applies it."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("action", choices=list(actions))
+    p.add_argument("dir", help=f"{dir_help} (written by {actions[0]}, read by {actions[1]})")
+    p.add_argument("-c", "--config")
+    p.add_argument("--out", help=out_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldl", description="Uncertainty-aware label-distribution learning for facial expression recognition.",
@@ -211,21 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_noise)
 
-    p = sub.add_parser("va", help="pseudo valence-arousal: train a VA regressor, or annotate a dataset")
-    p.add_argument("action", choices=["train", "annotate"])
-    p.add_argument("dir", help="regressor folder (written by train, read by annotate)")
-    p.add_argument("-c", "--config")
-    p.add_argument("--out", help="annotate: CSV name,valence,arousal to write")
-    p.add_argument("overrides", nargs="*", help="train: the VA dataset; annotate: the dataset to annotate")
-    p.set_defaults(func=_va)
-
-    p = sub.add_parser("teacher", help="AffectNet+-style soft-label teacher: train it, or label a dataset")
-    p.add_argument("action", choices=["train", "label"])
-    p.add_argument("dir", help="teacher folder (written by train, read by label)")
-    p.add_argument("-c", "--config")
-    p.add_argument("--out", help="label: folder to write in the AffectNet+ layout")
-    p.add_argument("overrides", nargs="*", help="train: dotted overrides; label: the dataset to label")
-    p.set_defaults(func=_teacher)
+    _train_then_apply(sub, "va", "pseudo valence-arousal: train a VA regressor, or annotate a dataset",
+                      ("train", "annotate"), "regressor folder", "annotate: CSV name,valence,arousal to write",
+                      "train: the VA dataset; annotate: the dataset to annotate", _va)
+    _train_then_apply(sub, "teacher", "AffectNet+-style soft-label teacher: train it, or label a dataset",
+                      ("train", "label"), "teacher folder", "label: folder to write in the AffectNet+ layout",
+                      "train: dotted overrides; label: the dataset to label", _teacher)
 
     p = sub.add_parser("bench", help="speed and memory: our loop vs the raw model step, k-NN, cache, loader")
     p.add_argument("--out", default="benchmarks/results")

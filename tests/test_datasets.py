@@ -170,6 +170,6 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, cache_dir
     second = build_splits(cfg, ("test",))["test"]
     assert len(set(cache_dir.iterdir()) - before) == 2        # rebuilt for the new source
     assert second.labels[0] == 4 and first.labels[0] == 3
-    build_splits(load_config(None, [*[f"{k}={v}" for k, v in []], f"data.name=rafdb", f"data.root={root}",
-                                    "data.num_classes=7", "data.image_size=40", "log.progress=false"]), ("test",))
+    build_splits(load_config(None, ["data.name=rafdb", f"data.root={root}", "data.num_classes=7",
+                                    "data.image_size=40", "log.progress=false"]), ("test",))
     assert len(set(cache_dir.iterdir()) - before) == 3        # and for a new preprocessing
