@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ldl.data.dataset import BatchLoader
 from ldl.methods.base import Method
-from ldl.metrics import classification_metrics, distribution_metrics, reliability_bins
+from ldl.metrics import classification_metrics, distribution_metrics
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -124,7 +124,6 @@ def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torc
     probs, index = predict_probs(model, method, loader, device, amp)
     data = loader.data
     metrics = classification_metrics(data.labels[index], probs, ece_bins)
-    metrics["reliability"] = reliability_bins(data.labels[index], probs, ece_bins)
     if data.subset is not None:  # AffectNet+-style subsets: 0 easy, 1 challenging, 2 difficult
         correct = probs.argmax(1) == data.labels[index]
         subset = data.subset[index]

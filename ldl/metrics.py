@@ -26,33 +26,33 @@ def classification_metrics(target: np.ndarray, probs: np.ndarray, ece_bins: int 
     predicted = cm.sum(0)
     precision = np.divide(np.diag(cm), predicted, out=np.zeros(num_classes), where=predicted > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
+    reliability = reliability_bins(target, probs, ece_bins)
     nll = -np.log(np.clip(probs[np.arange(len(target)), target], EPS, None)).mean()
     return {
         "accuracy": float((pred == target).mean()),
         "mean_class_accuracy": float(recall[present].mean()),
         "macro_f1": float(f1[present].mean()),
-        "ece": expected_calibration_error(target, probs, ece_bins),
+        "ece": _ece_from_bins(reliability),
         "nll": float(nll),
         "per_class_accuracy": [float(r) if p else None for r, p in zip(recall, present)],
         "confusion_matrix": cm.tolist(),
+        "reliability": reliability,
     }
 
 
 def expected_calibration_error(target: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     """Equal-width bins on the top-1 confidence: sum_b |B|/N * |acc(B) - conf(B)|."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == target
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(ece)
+    return _ece_from_bins(reliability_bins(target, probs, bins))
+
+
+def _ece_from_bins(rel: dict) -> float:
+    count = np.array(rel["count"], dtype=float)
+    gap = np.abs(np.array(rel["accuracy"]) - np.array(rel["confidence"]))
+    return float((count / count.sum() * gap).sum())
 
 
 def reliability_bins(target: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """Per equal-width confidence bin: sample count, accuracy and mean confidence (0 when empty)."""
     conf, correct = probs.max(1), probs.argmax(1) == target
     which = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
