@@ -116,6 +116,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         for file_path, data in _file_chain(Path(path)):
             _check_keys(data, schema, str(file_path))
             cfg = OmegaConf.merge(cfg, data)
+    return _apply_overrides(cfg, schema, overrides)
+
+
+def _apply_overrides(cfg: DictConfig, schema: dict[str, Any], overrides: Iterable[str]) -> DictConfig:
     for text in overrides:
         key, value = parse_override(text)
         nested = _nest(key, value)
@@ -128,8 +132,10 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def config_from_dict(data: dict) -> DictConfig:
-    """Rebuild a config saved in a run folder or checkpoint, re-checked against the defaults."""
+def config_from_dict(data: dict, overrides: Iterable[str] = ()) -> DictConfig:
+    """Rebuild a config saved in a run folder or checkpoint, re-checked against the defaults,
+    with dotted overrides applied on top (as `load_config` applies them)."""
     defaults = _read_yaml(DEFAULTS_PATH)
-    _check_keys(data, _flat_keys(defaults), "saved config")
-    return OmegaConf.merge(OmegaConf.create(defaults), data)
+    schema = _flat_keys(defaults)
+    _check_keys(data, schema, "saved config")
+    return _apply_overrides(OmegaConf.merge(OmegaConf.create(defaults), data), schema, overrides)

@@ -257,6 +257,10 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     else:
         job.method.on_train_start(job.net, splits["train"])
     eval_loaders = {split: job.eval_loader(split) for split in cfg.eval.splits}
+
+    def evaluate_splits() -> dict[str, dict]:
+        return {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
+                for split, loader in eval_loaders.items()}
     train_start = time.perf_counter()
     epochs = cfg.optim.epochs
     last_eval: dict[str, dict] = {}
@@ -267,8 +271,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
             eval_start = time.perf_counter()
-            last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
-                         for split, loader in eval_loaders.items()}
+            last_eval = evaluate_splits()
             record.update({split: _scalars(m) for split, m in last_eval.items()})
             record["eval_time"] = time.perf_counter() - eval_start
             val_acc = last_eval.get("val", last_eval.get("test", {})).get("accuracy", -1.0)
@@ -282,8 +285,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
             checkpoint.save_atomic(job.state(epoch + 1, history, best), run_dir / "checkpoint.pt")
         recorder.log_epoch(record)
     if not last_eval:  # resumed a finished run: evaluate the final weights again
-        last_eval = {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
-                     for split, loader in eval_loaders.items()}
+        last_eval = evaluate_splits()
     detection = _export_samples(job, run_dir / "samples.csv")
     distributed = _check_consistency(job) if job.world > 1 else None
     train = splits["train"]
@@ -302,6 +304,13 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     return summary
 
 
+def job_from_checkpoint(state: dict[str, Any], cfg: DictConfig, splits: dict[str, FERData]) -> Job:
+    """A Job on `splits` holding a checkpoint's model and method state, for inference."""
+    job = Job(cfg, splits, num_train=state["num_train"])
+    job.load_state(state, weights_only=True)
+    return job
+
+
 def evaluate_checkpoint(path: Path, split: str = "test", data_section: dict | None = None,
                         overrides: tuple[str, ...] = ()) -> tuple[dict, DictConfig, int]:
     """Metrics of a saved model on a split; `data_section` swaps in another dataset (cross-dataset
@@ -310,27 +319,8 @@ def evaluate_checkpoint(path: Path, split: str = "test", data_section: dict | No
     saved = state["config"]
     if data_section is not None:
         saved = {**saved, "data": {**data_section, "num_classes": saved["data"]["num_classes"]}}
-    cfg = config_from_dict(saved)
-    for text in overrides:
-        cfg = apply_override(cfg, text)
+    cfg = config_from_dict(saved, overrides)
     seed_everything(cfg.seed, cfg.deterministic)
-    splits = build_splits(cfg, (split,))
-    job = Job(cfg, splits, num_train=state["num_train"])
-    job.load_state(state, weights_only=True)
+    job = job_from_checkpoint(state, cfg, build_splits(cfg, (split,)))
     metrics = evaluate(job.net, job.method, job.eval_loader(split), job.device, cfg.amp, cfg.eval.ece_bins)
     return metrics, cfg, state["epoch"]
-
-
-def apply_override(cfg: DictConfig, text: str) -> DictConfig:
-    """One dotted override on an existing config, checked like any other."""
-    from ldl.config import load_config, parse_override
-
-    key, value = parse_override(text)
-    load_config(None, [text])  # raises for an unknown key (with the closest valid one) or a bad type
-    data = OmegaConf.to_container(cfg, resolve=True)
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node[part]
-    node[parts[-1]] = value
-    return config_from_dict(data)

@@ -24,15 +24,13 @@ from ldl.data.affectnet_plus import SPLIT_FOLDERS, write_record
 from ldl.engine import predict_logits
 from ldl.teacher.au_proxy import AUProxyHead, geometry_features, train_au_head
 from ldl.teacher.fusion import apply_platt, assign_subsets, fit_platt, fit_temperature, fuse, softmax
-from ldl.train import Job, run_training
+from ldl.train import job_from_checkpoint, run_training
 
 
 def _member_logits(checkpoint_path: Path, data: FERData, split: str) -> np.ndarray:
     state = checkpoint.load(checkpoint_path)
-    cfg = config_from_dict(state["config"])
-    job = Job(cfg, {split: data}, num_train=state["num_train"])
-    job.load_state(state, weights_only=True)
-    logits, index = predict_logits(job.net, job.method, job.eval_loader(split), job.device, cfg.amp)
+    job = job_from_checkpoint(state, config_from_dict(state["config"]), {split: data})
+    logits, index = predict_logits(job.net, job.method, job.eval_loader(split), job.device, job.cfg.amp)
     return logits[np.argsort(index)]
 
 
