@@ -14,28 +14,17 @@ import socket
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from ldl.cross import markdown, run_cross
-from ldl.data.labels import RAFDB_TO_CANONICAL
+from ldl.data.rafdb import write_rafdb
 from ldl.data.synthetic import SyntheticSpec, generate_split
 from ldl.tracking import machine
 
-CANONICAL_TO_RAFDB = {c: r for r, c in RAFDB_TO_CANONICAL.items()}
 
-
-def write_rafdb(root: Path, n_train: int, n_test: int) -> None:
+def write_rafdb_world(root: Path, n_train: int, n_test: int) -> None:
     spec = SyntheticSpec(num_classes=7, image_size=100, seed=7)
-    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
-    (root / "Image" / "aligned").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for split, n, digits in (("train", n_train, 5), ("test", n_test, 4)):
-        data = generate_split(spec, "train" if split == "train" else "test", n)
-        for i in range(n):
-            stem = f"{split}_{i + 1:0{digits}d}"
-            Image.fromarray(data.images[i]).save(root / "Image" / "aligned" / f"{stem}_aligned.jpg", quality=85)
-            lines.append(f"{stem}.jpg {CANONICAL_TO_RAFDB[int(data.labels[i])]}")
-    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines))
+    splits = {split: generate_split(spec, split, n) for split, n in (("train", n_train), ("test", n_test))}
+    write_rafdb(root, {split: (data.images, data.labels) for split, data in splits.items()}, quality=85)
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     work = Path(args.work)
     raf = work / "raf-basic"
     if not (raf / "EmoLabel" / "list_patition_label.txt").is_file():
-        write_rafdb(raf, args.train, args.test)
+        write_rafdb_world(raf, args.train, args.test)
     plan = {"image_size": 48,
             "overrides": ["method.name=ce", "log.progress=false", "log.wandb=disabled"],
             "datasets": {"synthetic": {"config": "experiments/synthetic/study.yaml"},

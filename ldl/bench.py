@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ldl.config import load_config
 from ldl.data import build_splits
 from ldl.data.augment import BatchAugment
 from ldl.data.dataset import BatchLoader
+from ldl.data.rafdb import write_rafdb
 from ldl.engine import autocast, evaluate, train_one_epoch
 from ldl.models import build_model
 from ldl.neighbors import available_backends, knn
@@ -142,15 +142,11 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _write_rafdb_like(root: Path, n_train: int, n_test: int) -> None:
+    """Random 100x100 JPEGs in RAF-DB's layout (only their decoding cost matters here)."""
     rng = np.random.default_rng(0)
-    (root / "EmoLabel").mkdir(parents=True)
-    (root / "Image" / "aligned").mkdir(parents=True)
-    names = [f"train_{i + 1:05d}.jpg" for i in range(n_train)] + [f"test_{i + 1:04d}.jpg" for i in range(n_test)]
-    (root / "EmoLabel" / "list_patition_label.txt").write_text(
-        "\n".join(f"{n} {l}" for n, l in zip(names, rng.integers(1, 8, len(names)))))
     base = rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)
-    for i, n in enumerate(names):
-        Image.fromarray(np.roll(base, i % 100, axis=1)).save(root / "Image" / "aligned" / f"{n[:-4]}_aligned.jpg", quality=90)
+    write_rafdb(root, {split: ((np.roll(base, i % 100, axis=1) for i in range(n)), rng.integers(0, 7, n))
+                       for split, n in (("train", n_train), ("test", n_test))})
 
 
 def bench_cache_and_loader(p: dict, synthetic_n: int, rafdb_n: int) -> dict:

@@ -11,9 +11,11 @@ RAF-DB has no validation split: `val` is held out of train (data.val_fraction).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from omegaconf import DictConfig
+from PIL import Image
 
 from ldl.data import register_dataset
 from ldl.data.dataset import FERData
@@ -22,6 +24,7 @@ from ldl.data.loading import (DataError, ErrorPolicy, cached_split, data_root, d
                               train_val_test)
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
+CANONICAL_TO_RAFDB = {c: r for r, c in RAFDB_TO_CANONICAL.items()}
 
 
 def read_label_file(path: Path, policy: ErrorPolicy) -> list[tuple[str, int, int]]:
@@ -103,3 +106,18 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
     return train_val_test(cfg, split, native)
 
 
+
+
+def write_rafdb(root: Path, splits: dict[str, tuple[Iterable[np.ndarray], Iterable[int]]], quality: int = 90) -> None:
+    """Write uint8 RGB images and canonical labels in RAF-DB's layout (the reader's inverse):
+    {split: (images, labels)} for split train / test, names train_00001 / test_0001."""
+    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    (root / "Image" / "aligned").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for split, (images, labels) in splits.items():
+        digits = 5 if split == "train" else 4
+        for i, (image, label) in enumerate(zip(images, labels)):
+            stem = f"{split}_{i + 1:0{digits}d}"
+            Image.fromarray(image).save(root / "Image" / "aligned" / f"{stem}_aligned.jpg", quality=quality)
+            lines.append(f"{stem}.jpg {CANONICAL_TO_RAFDB[int(label)]}")
+    (root / LABEL_FILE).write_text("\n".join(lines))   # no newline after the last line, as the real file
