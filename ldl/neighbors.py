@@ -1,15 +1,20 @@
-"""Exact k-nearest-neighbour search: FAISS GPU, faiss-cpu, or chunked torch matmul.
+"""Exact k-nearest-neighbour search: FAISS GPU, faiss-cpu, a KD-tree, or chunked torch matmul.
 
 Every backend proposes a few extra candidates; these are re-ranked with float64 distances,
 ties broken by index, and the query itself removed, so all backends return the same sets.
+
+`auto` picks faiss-gpu, else torch on a GPU, else (on CPU) the KD-tree for low-dimensional
+spaces such as valence-arousal, where it is O(N log N) instead of the others' O(N^2),
+else faiss-cpu, else torch.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-BACKENDS = ("auto", "faiss-gpu", "faiss-cpu", "torch")
+BACKENDS = ("auto", "faiss-gpu", "faiss-cpu", "kdtree", "torch")
 EXTRA_CANDIDATES = 4
+KDTREE_MAX_DIM = 16  # beyond this a KD-tree degenerates towards brute force
 
 
 def _faiss():
@@ -27,7 +32,18 @@ def available_backends() -> list[str]:
         out.append("faiss-gpu")
     if faiss is not None:
         out.append("faiss-cpu")
-    return out + ["torch"]
+    return out + ["kdtree", "torch"]
+
+
+def auto_backend(dim: int) -> str:
+    available = available_backends()
+    if "faiss-gpu" in available:
+        return "faiss-gpu"
+    if torch.cuda.is_available():
+        return "torch"
+    if dim <= KDTREE_MAX_DIM:
+        return "kdtree"
+    return "faiss-cpu" if "faiss-cpu" in available else "torch"
 
 
 def _faiss_candidates(x: np.ndarray, m: int, gpu: bool) -> np.ndarray:
@@ -39,9 +55,17 @@ def _faiss_candidates(x: np.ndarray, m: int, gpu: bool) -> np.ndarray:
     return index.search(x, m)[1]
 
 
-def _torch_candidates(x: np.ndarray, m: int, device: torch.device, chunk: int = 4096) -> np.ndarray:
+def _kdtree_candidates(x: np.ndarray, m: int) -> np.ndarray:
+    from scipy.spatial import cKDTree
+    points = x.astype(np.float64)
+    return cKDTree(points).query(points, k=m, workers=-1)[1]
+
+
+def _torch_candidates(x: np.ndarray, m: int, device: torch.device) -> np.ndarray:
     points = torch.from_numpy(x).to(device)
     sq = (points * points).sum(1)
+    # Query rows per chunk so that one [chunk, N] float32 distance block is ~1 GiB (4 GiB on a GPU).
+    chunk = max(1, (2 ** 32 if device.type == "cuda" else 2 ** 30) // (4 * len(x)))
     out = torch.empty((len(x), m), dtype=torch.long)
     for start in range(0, len(x), chunk):
         q = points[start:start + chunk]
@@ -58,7 +82,7 @@ def knn(points: np.ndarray, k: int, backend: str = "auto", device: str | torch.d
     if not np.isfinite(x).all():
         raise ValueError("k-NN points contain NaN or inf (samples without an auxiliary value?)")
     if backend == "auto":
-        backend = available_backends()[0]
+        backend = auto_backend(x.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-NN backend {backend!r}; one of {BACKENDS}")
     m = min(len(x), k + 1 + EXTRA_CANDIDATES)
@@ -66,15 +90,28 @@ def knn(points: np.ndarray, k: int, backend: str = "auto", device: str | torch.d
         if backend not in available_backends():
             raise RuntimeError(f"{backend} is not available here (available: {available_backends()})")
         cand = _faiss_candidates(x, m, gpu=backend == "faiss-gpu")
+        dev = torch.device("cuda" if backend == "faiss-gpu" else "cpu")
+    elif backend == "kdtree":
+        cand, dev = _kdtree_candidates(x, m), torch.device("cpu")
     else:
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         cand = _torch_candidates(x, m, dev)
-    return _rerank(x, cand, k)
+    return _rerank(x, cand, k, dev)
 
 
-def _rerank(x: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
-    diff = x[cand].astype(np.float64) - x[:, None].astype(np.float64)
-    dist = (diff * diff).sum(-1)
-    dist[cand == np.arange(len(x))[:, None]] = np.inf   # the query itself
-    order = np.lexsort((cand, dist), axis=1)[:, :k]       # by distance, then by index
-    return np.take_along_axis(cand, order, axis=1)
+def _rerank(x: np.ndarray, cand: np.ndarray, k: int, device: torch.device) -> np.ndarray:
+    """Each row's k nearest candidates by float64 distance, ties broken by index, self removed;
+    in chunks of ~256 MiB of float64 differences (on the GPU when the search ran there)."""
+    points = torch.from_numpy(x).to(device, torch.float64)
+    candidates = torch.from_numpy(np.ascontiguousarray(cand, dtype=np.int64)).to(device)
+    out = torch.empty((len(x), k), dtype=torch.long)
+    rows = max(1, 2 ** 28 // (8 * cand.shape[1] * x.shape[1]))
+    for start in range(0, len(x), rows):
+        c = candidates[start:start + rows]
+        query = torch.arange(start, start + len(c), device=device)
+        dist = ((points[c] - points[query, None]) ** 2).sum(-1)
+        dist[c == query[:, None]] = float("inf")
+        by_index = c.argsort(dim=1, stable=True)          # order by index, then stably by distance
+        c, dist = c.gather(1, by_index), dist.gather(1, by_index)
+        out[start:start + len(c)] = c.gather(1, dist.argsort(dim=1, stable=True)[:, :k]).cpu()
+    return out.numpy()

@@ -8,7 +8,7 @@ from conftest import tiny
 from ldl import checkpoint
 from ldl.config import load_config
 from ldl.methods.ldlva import aggregate, local_similarity, target_distribution
-from ldl.neighbors import available_backends, knn
+from ldl.neighbors import auto_backend, available_backends, knn
 from ldl.train import run_training
 
 
@@ -55,7 +55,7 @@ def test_neighbour_sets_agree_across_backends():
         points = rng.standard_normal((3000, dim)).astype(np.float32)
         points[10] = points[11]                       # an exact duplicate: ties broken by index
         results = {b: knn(points, 8, b, device="cpu") for b in available_backends()}
-        assert "faiss-cpu" in results and "torch" in results
+        assert {"faiss-cpu", "kdtree", "torch"} <= set(results)
         first = next(iter(results.values()))
         for backend, idx in results.items():
             assert np.array_equal(idx, first), backend
@@ -63,6 +63,8 @@ def test_neighbour_sets_agree_across_backends():
         assert first[10, 0] == 11 and first[11, 0] == 10
         brute = np.argsort(((points[:, None] - points[None]) ** 2).sum(-1) + np.eye(3000) * 1e9, axis=1, kind="stable")[:50, :8]
         assert np.array_equal(np.sort(first[:50], 1), np.sort(brute, 1))
+    if not torch.cuda.is_available():
+        assert auto_backend(2) == "kdtree" and auto_backend(512) == "faiss-cpu"
 
 
 def test_uncertainty_is_learned_exported_and_resumed(tmp_path):
