@@ -21,9 +21,8 @@ from ldl.metrics import classification_metrics, distribution_metrics
 
 
 def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast on `device` when enabled (Job.amp: the config's amp on CUDA, amp_cpu on CPU)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 SYNC_EVERY = 25

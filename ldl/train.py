@@ -50,13 +50,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+def seed_everything(cfg: DictConfig) -> None:
+    """Seeds every generator.  Deterministic algorithms on CPU (`deterministic`), on CUDA only
+    when `deterministic_cuda` asks: there they cost speed, and cuDNN autotunes instead."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    on_cuda = resolve_device(cfg.device).type == "cuda"
+    if cfg.deterministic_cuda if on_cuda else cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif on_cuda:
+        torch.backends.cudnn.benchmark = True
 
 
 def build_optimizer(cfg: DictConfig, params: list) -> torch.optim.Optimizer:
@@ -110,6 +115,7 @@ class Job:
         self.model: FERNet = build_model(cfg.model.arch, self.num_classes, cfg.model.width, cfg.model.stem,
                                          cfg.model.pretrained).to(self.device)
         on_cuda = self.device.type == "cuda"
+        self.amp = cfg.amp if on_cuda else cfg.amp_cpu
         self.channels_last = cfg.channels_last and on_cuda
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -127,7 +133,9 @@ class Job:
         ctx = MethodContext(num_classes=self.num_classes, num_train=self.num_train,
                             feature_dim=self.model.feature_dim, epochs=cfg.optim.epochs, steps_per_epoch=steps,
                             batch_size=cfg.optim.batch_size, device=self.device,
-                            feature_map_size=self._feature_map_size(cfg.data.image_size), train_data=train)
+                            feature_map_size=self._feature_map_size(cfg.data.image_size), train_data=train,
+                            train_images=(self.train_loader.images if self.train_loader is not None
+                                          and isinstance(self.train_loader.images, torch.Tensor) else None))
         self.method: Method = build_method(cfg, ctx)
         self.optimizer = build_optimizer(cfg, list(self.model.parameters()) + self.method.model_parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, steps)
@@ -178,7 +186,7 @@ def _export_samples(job: Job, path: Path) -> dict:
     """Per-training-sample CSV (label, clean label, the model's small-loss score and every
     method export) and the noise-detection scores of each 1-d score when clean labels exist."""
     train = job.splits["train"]
-    probs, index = predict_probs(job.net, job.method, job.eval_loader("train"), job.device, job.cfg.amp)
+    probs, index = predict_probs(job.net, job.method, job.eval_loader("train"), job.device, job.amp)
     order = np.argsort(index)
     probs = probs[order]
     columns: dict[str, np.ndarray] = {"name": train.names, "label": train.labels}
@@ -236,7 +244,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         cfg.run.dir = str(resume_dir)
     else:
         state = None
-    seed_everything(cfg.seed, cfg.deterministic)
+    seed_everything(cfg)
     splits = build_splits(cfg, tuple(dict.fromkeys(["train", *cfg.eval.splits])))
     job = Job(cfg, splits)
     run_dir = make_run_dir(cfg)
@@ -259,7 +267,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     eval_loaders = {split: job.eval_loader(split) for split in cfg.eval.splits}
 
     def evaluate_splits() -> dict[str, dict]:
-        return {split: evaluate(job.net, job.method, loader, job.device, cfg.amp, cfg.eval.ece_bins)
+        return {split: evaluate(job.net, job.method, loader, job.device, job.amp, cfg.eval.ece_bins)
                 for split, loader in eval_loaders.items()}
     train_start = time.perf_counter()
     epochs = cfg.optim.epochs
@@ -267,7 +275,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # any in-method randomness replays on resume
         stats = train_one_epoch(job.net, job.method, job.train_loader, job.optimizer, job.scheduler, epoch,
-                                job.device, cfg.amp, cfg.optim.grad_clip, cfg.log.progress)
+                                job.device, job.amp, cfg.optim.grad_clip, cfg.log.progress)
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
             eval_start = time.perf_counter()
@@ -320,7 +328,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", data_section: dict | No
     if data_section is not None:
         saved = {**saved, "data": {**data_section, "num_classes": saved["data"]["num_classes"]}}
     cfg = config_from_dict(saved, overrides)
-    seed_everything(cfg.seed, cfg.deterministic)
+    seed_everything(cfg)
     job = job_from_checkpoint(state, cfg, build_splits(cfg, (split,)))
-    metrics = evaluate(job.net, job.method, job.eval_loader(split), job.device, cfg.amp, cfg.eval.ece_bins)
+    metrics = evaluate(job.net, job.method, job.eval_loader(split), job.device, job.amp, cfg.eval.ece_bins)
     return metrics, cfg, state["epoch"]

@@ -36,7 +36,7 @@ def predict_va(job: Job, head: nn.Module, loader: BatchLoader) -> np.ndarray:
     job.model.eval(), head.eval()
     out = np.zeros((len(loader.data), 2), dtype=np.float32)
     for batch in loader:
-        with autocast(job.device, job.cfg.amp):
+        with autocast(job.device, job.amp):
             feats = job.model(batch["image"])["features"].float()
         out[batch["index"].cpu().numpy()] = torch.tanh(head(feats)).cpu().numpy()
     return out
@@ -51,7 +51,7 @@ def _va_metrics(pred: np.ndarray, va: np.ndarray) -> dict:
 
 
 def train_va(cfg: DictConfig, out_dir: Path) -> dict:
-    seed_everything(cfg.seed, cfg.deterministic)
+    seed_everything(cfg)
     splits = build_splits(cfg, ("train", "val"))
     for split, data in splits.items():
         if data.va is None or not np.isfinite(data.va).any():
@@ -69,7 +69,7 @@ def train_va(cfg: DictConfig, out_dir: Path) -> dict:
             known = torch.isfinite(batch["va"]).all(1)
             if not known.any():
                 continue
-            with autocast(job.device, cfg.amp):
+            with autocast(job.device, job.amp):
                 feats = job.model(batch["image"])["features"].float()
             loss = ((torch.tanh(head(feats[known])) - batch["va"][known]) ** 2).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,10 @@ import torch
 from conftest import tiny
 from ldl import checkpoint
 from ldl.config import load_config
-from ldl.methods.ldlva import aggregate, local_similarity, target_distribution
+from ldl.data.dataset import FERData
+from ldl.methods.base import MethodContext
+from ldl.methods.ldlva import LDLVA, aggregate, local_similarity, target_distribution
+from ldl.models import build_model
 from ldl.neighbors import auto_backend, available_backends, knn
 from ldl.train import run_training
 
@@ -116,3 +119,24 @@ def test_warmup_keeps_one_hot_targets_and_frozen_weights(tmp_path):
                                         "model.width=8")))
     theta = checkpoint.load(tmp_path / "r" / "checkpoint.pt")["method"]["theta"]
     assert torch.equal(theta, torch.full_like(theta, 0.5))
+
+
+def test_faithful_neighbours_from_resident_images_match_the_memory_map():
+    # On a GPU the loader's images are one resident uint8 tensor; the neighbours gathered from
+    # it must be the very images the CPU path gathers from the memory map.
+    rng = np.random.default_rng(0)
+    n = 12
+    data = FERData(images=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), labels=rng.integers(0, 3, n),
+                   num_classes=3, names=np.arange(n).astype(str), va=rng.uniform(-1, 1, (n, 2)).astype(np.float32))
+    cfg = load_config(None, ["method.name=ldlva", "method.ldlva.mode=faithful"]).method.ldlva
+    model = build_model("resnet18", 3, width=8, stem="small")
+    batch = {"image": torch.randn(4, 3, 16, 16), "label": torch.from_numpy(data.labels[:4]), "index": torch.arange(4)}
+    losses = []
+    for resident in (None, torch.from_numpy(data.images.copy())):
+        torch.manual_seed(0)
+        ctx = MethodContext(num_classes=3, num_train=n, feature_dim=model.feature_dim, epochs=1, steps_per_epoch=1,
+                            batch_size=4, device=torch.device("cpu"), train_data=data, train_images=resident)
+        method = LDLVA(cfg, ctx)
+        method.on_train_start(model, data)
+        losses.append(method.training_step(model, batch, 0).loss)
+    assert torch.equal(losses[0], losses[1])

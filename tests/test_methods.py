@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -148,3 +149,21 @@ def test_each_peer_trains_and_exports(tmp_path, name):
     assert "model_noise_score" in summary["noise_detection"]
     if name in ("scn", "rul"):
         assert "noise_score" in summary["noise_detection"]
+
+
+@pytest.mark.parametrize("name", ["ce", "label_smoothing", "ldlva", "ldlva:faithful", "slm_aea", "scn", "rul",
+                                  "eac", "ovr"])
+def test_each_method_trains_under_bf16_autocast(tmp_path, name):
+    # The AMP path of a GPU run, on CPU: per-sample state written from bf16 activations must keep
+    # its dtype (index_put refuses mixed dtypes) and every metric must stay finite.
+    method, _, mode = name.partition(":")
+    summary = run_training(load_config(None, tiny(
+        tmp_path / "r", f"method.name={method}", f"method.ldlva.mode={mode or 'fast'}", "amp_cpu=true",
+        "optim.epochs=2", "data.synthetic.num_train=192", "data.synthetic.num_val=64", "data.synthetic.num_test=64",
+        "model.width=8", "method.scn.relabel_epoch=1", "method.slm_aea.beta=1.0",
+        "data.noise.type=symmetric", "data.noise.rate=0.2")))
+    state = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert all(t.dtype != torch.bfloat16 for t in state["method"].values() if isinstance(t, torch.Tensor))
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(math.isfinite(r["train_loss"]) for r in records)
+    assert math.isfinite(summary["final"]["test"]["nll"]) and 0 <= summary["final"]["test"]["accuracy"] <= 1

@@ -34,6 +34,7 @@ class MethodContext:
     device: torch.device
     feature_map_size: int = 1          # side of the backbone's last feature map
     train_data: FERData | None = None  # labels as trained on (possibly noisy), aux spaces, names
+    train_images: torch.Tensor | None = None  # the loader's uint8 NHWC images when resident on the GPU
 
 
 @dataclass

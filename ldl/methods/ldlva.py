@@ -27,7 +27,8 @@ not predict, so l falls, the target becomes the network's prediction and trainin
 to the majority class.  Default 0 (the paper); the from-scratch synthetic configs use 1.
 
 Modes.  faithful: neighbour images are forwarded through the network at every step (no grad),
-so a batch of B costs (K+1)B forward images, as in the paper.  fast: neighbour predictions and
+so a batch of B costs (K+1)B forward images, as in the paper; they are gathered from the
+GPU-resident dataset when there is one.  fast: neighbour predictions and
 features come from a per-sample memory bank refreshed whenever a sample is in a batch; the bank
 is filled once before training and is part of the checkpoint.
 """
@@ -95,7 +96,9 @@ class LDLVA(Method):
         self.register_buffer("centres", torch.zeros((c, d)))
         self.register_buffer("bank_probs", torch.full((n, c), 1.0 / c))
         self.register_buffer("bank_feats", torch.zeros((n, d)))
-        self.train_images = ctx.train_data.images if ctx.train_data is not None else None
+        # Neighbour images (faithful mode, bank fill) come from the GPU-resident copy when there is one.
+        self.train_images = ctx.train_images if ctx.train_images is not None else (
+            ctx.train_data.images if ctx.train_data is not None else None)
         self.train_labels = (torch.from_numpy(ctx.train_data.labels).to(ctx.device)
                              if ctx.train_data is not None else None)
 
@@ -128,8 +131,11 @@ class LDLVA(Method):
 
     # ------------------------------------------------------------------ forward helpers
     def _images(self, index: torch.Tensor) -> torch.Tensor:
-        batch = gather_rows(self.train_images, index.flatten().cpu())
-        return normalize(batch.to(self.theta.device).permute(0, 3, 1, 2).float().div_(255))
+        if isinstance(self.train_images, torch.Tensor):
+            batch = self.train_images[index.flatten().to(self.train_images.device)]
+        else:
+            batch = gather_rows(self.train_images, index.flatten().cpu()).to(self.theta.device)
+        return normalize(batch.permute(0, 3, 1, 2).float().div_(255))
 
     @torch.no_grad()
     def _forward_all(self, model: nn.Module, n: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

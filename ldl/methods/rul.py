@@ -44,10 +44,10 @@ class RUL(Method):
 
     def training_step(self, model, batch, epoch):
         fmap = model(batch["image"], return_map=True)["feature_map"].float()
-        mu, confidence = self.mu(fmap), self.log_scale(fmap).exp().mean(1)
+        mu, confidence = self.mu(fmap).float(), self.log_scale(fmap).float().exp().mean(1)  # float32 under autocast
         perm = torch.randperm(len(mu), device=mu.device)
         mixed, _ = relative_mix(mu, confidence, perm)
-        logits = self.classifier(mixed)
+        logits = self.classifier(mixed).float()
         labels = batch["label"]
         loss = 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[perm])
         return StepOutput(loss, logits, {"mean_confidence": confidence.mean().detach()}, {"confidence": confidence.detach()})
@@ -58,7 +58,7 @@ class RUL(Method):
 
     @torch.no_grad()
     def predict(self, model, images):
-        return self.classifier(self.mu(model(images, return_map=True)["feature_map"].float()))
+        return self.classifier(self.mu(model(images, return_map=True)["feature_map"].float())).float()
 
     def sample_exports(self):
         confidence = self.confidence.cpu().numpy()

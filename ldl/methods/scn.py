@@ -39,7 +39,7 @@ class SCN(Method):
 
     def _weighted(self, model, images):
         out = model(images)
-        alpha = torch.sigmoid(self.attention(out["features"].float())).squeeze(1)
+        alpha = torch.sigmoid(self.attention(out["features"]).float()).squeeze(1)  # float32 under autocast too
         return alpha, alpha[:, None] * out["logits"].float()
 
     def training_step(self, model, batch, epoch):

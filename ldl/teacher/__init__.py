@@ -30,7 +30,7 @@ from ldl.train import job_from_checkpoint, run_training
 def _member_logits(checkpoint_path: Path, data: FERData, split: str) -> np.ndarray:
     state = checkpoint.load(checkpoint_path)
     job = job_from_checkpoint(state, config_from_dict(state["config"]), {split: data})
-    logits, index = predict_logits(job.net, job.method, job.eval_loader(split), job.device, job.cfg.amp)
+    logits, index = predict_logits(job.net, job.method, job.eval_loader(split), job.device, job.amp)
     return logits[np.argsort(index)]
 
 
