@@ -113,7 +113,9 @@ class RunRecorder:
         self.wandb_run = wandb.init(
             project=self.cfg.log.project, name=self.dir.name, id=run_id, resume="allow" if resume else None,
             dir=str(self.dir), mode=mode, config=OmegaConf.to_container(self.cfg, resolve=True),
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            # wandb's local service can take minutes to start on a loaded machine (101 s seen on
+            # 2 busy cores, past the 90 s default): a slow start must not end the training run.
+            settings=wandb.Settings(console="off", x_disable_stats=True, init_timeout=600, x_service_wait=600),
         )
 
     def rewrite_history(self, history: list[dict]) -> None:
