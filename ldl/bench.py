@@ -6,15 +6,22 @@ Sections (all by default):
           the same model, batch and precision: images/s and the ratio loop / raw;
           and each method's epoch time relative to CE.
   eval    evaluation throughput (images/s).
-  knn     exact k = 8 neighbour search time per backend as N grows, 2-d and 512-d.
+  knn     exact k = 8 neighbour search time per backend as N grows, 2-d and 512-d; a backend is
+          skipped at a size where its quadratic extrapolation exceeds the budget.
   cache   packed-cache build time and size: the synthetic set, and a RAF-DB-layout set of
           100x100 JPEGs written for the purpose.
   loader  loader + augmentation batches/s against the model steps/s it feeds.
+  run     wall time of one whole `ldl train` (JPEG decode and cache build, training, evaluation
+          every epoch, checkpoints) of CE on a RAF-DB-sized set of JPEGs in RAF-DB's layout:
+          60 epochs at the profile's size on a GPU; `--run-epochs` sets them (default 2 on CPU).
 Peak memory (GPU allocator, or the process's max RSS on CPU) is recorded per section.
-Results go to <out>/bench-<host>.json with the machine named; nothing here is asserted by tests.
+Results go to <out>/bench-<host>-<cpu|gpu>.json with the machine named; a run of some sections
+replaces those sections in an existing file and keeps the others (each section carries its time).
+Nothing here is asserted by tests.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -33,9 +40,9 @@ from ldl.data.dataset import BatchLoader
 from ldl.data.rafdb import write_rafdb
 from ldl.engine import autocast, evaluate, train_one_epoch
 from ldl.models import build_model
-from ldl.neighbors import available_backends, knn
+from ldl.neighbors import KDTREE_MAX_DIM, available_backends, knn
 from ldl.tracking import machine
-from ldl.train import Job
+from ldl.train import Job, run_training
 
 METHODS = ("ce", "label_smoothing", "ldlva", "ldlva:faithful", "slm_aea", "scn", "rul", "eac")
 
@@ -55,9 +62,9 @@ def profile(gpu: bool) -> dict:
     """Sizes for a CPU run (small network, 48 px) and for a GPU run (ResNet-18 at 112 px)."""
     if gpu:
         return {"image_size": 112, "width": 64, "stem": "imagenet", "batch": 256, "steps": 40,
-                "knn_sizes": [12271, 50000, 100000, 287651]}
+                "knn_sizes": [12271, 50000, 100000, 287651], "run_epochs": 60}
     return {"image_size": 48, "width": 16, "stem": "small", "batch": 128, "steps": 12,
-            "knn_sizes": [12271, 50000]}
+            "knn_sizes": [12271, 50000], "run_epochs": 2}
 
 
 def _cfg(p: dict, method: str, extra: list[str] = ()):
@@ -82,7 +89,7 @@ def raw_step_images_per_s(p: dict, device: torch.device, channels_last: bool, st
         if i == 3:
             _sync()
             start = time.perf_counter()
-        with autocast(device, True):
+        with autocast(device, device.type == "cuda"):
             loss = torch.nn.functional.cross_entropy(model(x)["logits"].float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,12 +106,12 @@ def bench_train(p: dict, methods: tuple[str, ...]) -> dict:
         job = Job(cfg, splits)
         job.method.on_train_start(job.net, splits["train"])
         common = (job.net, job.method, job.train_loader, job.optimizer, job.scheduler)
-        train_one_epoch(*common, 0, job.device, cfg.amp, progress=False)          # warm-up epoch
+        train_one_epoch(*common, 0, job.device, job.amp, progress=False)          # warm-up epoch
         _sync()
-        stats = train_one_epoch(*common, 1, job.device, cfg.amp, progress=False)
+        stats = train_one_epoch(*common, 1, job.device, job.amp, progress=False)
         raw = raw_step_images_per_s(p, job.device, job.channels_last, p["steps"])
         eval_start = time.perf_counter()
-        evaluate(job.net, job.method, job.eval_loader("test"), job.device, cfg.amp)
+        evaluate(job.net, job.method, job.eval_loader("test"), job.device, job.amp)
         _sync()
         out[method] = {"loop_images_per_s": stats["train_images_per_s"], "raw_step_images_per_s": raw,
                        "loop_over_raw": stats["train_images_per_s"] / raw, "epoch_time_s": stats["epoch_time"],
@@ -118,22 +125,28 @@ def bench_train(p: dict, methods: tuple[str, ...]) -> dict:
 
 def bench_knn(sizes: list[int], dims: tuple[int, ...] = (2, 512), budget_s: float = 300) -> list[dict]:
     rng = np.random.default_rng(0)
-    rows, slow = [], set()
+    rows, last = [], {}
     for dim in dims:
         for n in sizes:
             points = rng.uniform(-1, 1, (n, dim)).astype(np.float32)
             for backend in available_backends():
-                if (backend, dim) in slow:
-                    rows.append({"backend": backend, "n": n, "dim": dim, "seconds": None, "skipped": "too slow"})
+                if backend == "kdtree" and dim > KDTREE_MAX_DIM:
                     continue
+                if (backend, dim) in last:
+                    prev_n, prev_s = last[backend, dim]
+                    predicted = prev_s * (n / prev_n) ** 2
+                    if predicted > budget_s:
+                        rows.append({"backend": backend, "n": n, "dim": dim, "seconds": None,
+                                     "skipped": f"predicted {predicted:.0f} s > budget {budget_s:.0f} s"})
+                        print(rows[-1], flush=True)
+                        continue
                 start = time.perf_counter()
                 knn(points, 8, backend)
                 _sync()
                 seconds = time.perf_counter() - start
                 rows.append({"backend": backend, "n": n, "dim": dim, "seconds": seconds})
                 print(rows[-1], flush=True)
-                if seconds * 4 > budget_s:  # the next size would take ~4x longer or more
-                    slow.add((backend, dim))
+                last[backend, dim] = (n, seconds)
     return rows
 
 
@@ -149,38 +162,64 @@ def _write_rafdb_like(root: Path, n_train: int, n_test: int) -> None:
                        for split, n in (("train", n_train), ("test", n_test))})
 
 
+@contextlib.contextmanager
+def _cache_in(folder: Path):
+    """Point the data cache at `folder` (a fresh, empty cache: build times are measured)."""
+    previous = os.environ.get("LDL_CACHE")
+    os.environ["LDL_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LDL_CACHE", None)
+        else:
+            os.environ["LDL_CACHE"] = previous
+
+
 def bench_cache_and_loader(p: dict, synthetic_n: int, rafdb_n: int) -> dict:
     out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        previous = os.environ.get("LDL_CACHE")
-        os.environ["LDL_CACHE"] = str(Path(tmp) / "cache")
-        try:
-            cfg = load_config(None, [f"data.synthetic.num_train={synthetic_n}", f"data.image_size={p['image_size']}"])
-            start = time.perf_counter()
-            train = build_splits(cfg, ("train",))["train"]
-            out["synthetic_cache"] = {"images": synthetic_n, "image_size": p["image_size"],
-                                      "build_s": time.perf_counter() - start, "bytes": _folder_bytes(Path(tmp) / "cache")}
-            start = time.perf_counter()
-            build_splits(cfg, ("train",))
-            out["synthetic_cache"]["reload_s"] = time.perf_counter() - start
-            out["synthetic_loader"] = loader_vs_step(train, p)
-            raf = Path(tmp) / "raf-basic"
-            start = time.perf_counter()
-            _write_rafdb_like(raf, rafdb_n, 3068)
-            out["rafdb_like_jpeg_write_s"] = time.perf_counter() - start
-            before = _folder_bytes(Path(tmp) / "cache")
-            cfg = load_config(None, ["data.name=rafdb", f"data.root={raf}", "data.num_classes=7",
-                                     "data.image_size=100", "data.val_fraction=0"])
-            start = time.perf_counter()
-            raf_train = build_splits(cfg, ("train",))["train"]
-            out["rafdb_cache"] = {"images": len(raf_train), "source": "100x100 JPEG", "image_size": 100,
-                                  "build_s": time.perf_counter() - start,
-                                  "bytes": _folder_bytes(Path(tmp) / "cache") - before}
-        finally:
-            if previous is None:
-                os.environ.pop("LDL_CACHE", None)
-            else:
-                os.environ["LDL_CACHE"] = previous
+    with tempfile.TemporaryDirectory() as tmp, _cache_in(Path(tmp) / "cache"):
+        cfg = load_config(None, [f"data.synthetic.num_train={synthetic_n}", f"data.image_size={p['image_size']}"])
+        start = time.perf_counter()
+        train = build_splits(cfg, ("train",))["train"]
+        out["synthetic_cache"] = {"images": synthetic_n, "image_size": p["image_size"],
+                                  "build_s": time.perf_counter() - start, "bytes": _folder_bytes(Path(tmp) / "cache")}
+        start = time.perf_counter()
+        build_splits(cfg, ("train",))
+        out["synthetic_cache"]["reload_s"] = time.perf_counter() - start
+        out["synthetic_loader"] = loader_vs_step(train, p)
+        raf = Path(tmp) / "raf-basic"
+        start = time.perf_counter()
+        _write_rafdb_like(raf, rafdb_n, 3068)
+        out["rafdb_like_jpeg_write_s"] = time.perf_counter() - start
+        before = _folder_bytes(Path(tmp) / "cache")
+        cfg = load_config(None, ["data.name=rafdb", f"data.root={raf}", "data.num_classes=7",
+                                 "data.image_size=100", "data.val_fraction=0"])
+        start = time.perf_counter()
+        raf_train = build_splits(cfg, ("train",))["train"]
+        out["rafdb_cache"] = {"images": len(raf_train), "source": "100x100 JPEG", "image_size": 100,
+                              "build_s": time.perf_counter() - start,
+                              "bytes": _folder_bytes(Path(tmp) / "cache") - before}
+    return out
+
+
+def bench_run(p: dict, rafdb_n: int, epochs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, _cache_in(Path(tmp) / "cache"):
+        raf, run_dir = Path(tmp) / "raf-basic", Path(tmp) / "run"
+        test_n = round(rafdb_n * 3068 / 12271)  # RAF-DB basic's train / test proportion
+        _write_rafdb_like(raf, rafdb_n, test_n)
+        cfg = _cfg(p, "ce", ["data.name=rafdb", f"data.root={raf}", "data.num_classes=7", "data.val_fraction=0",
+                             "eval.splits=[test]", f"optim.epochs={epochs}", f"run.dir={run_dir}"])
+        start = time.perf_counter()
+        run_training(cfg)
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs_run = [r for r in records if "epoch_time" in r]
+    train_s = sum(r["epoch_time"] for r in epochs_run)
+    out = {"train_images": rafdb_n, "test_images": test_n, "epochs": epochs, "wall_s": wall, "train_s": train_s,
+           "mean_epoch_s": train_s / len(epochs_run),
+           "train_images_per_s": sum(r["train_images_per_s"] for r in epochs_run) / len(epochs_run)}
+    print("run", {k: round(v, 2) for k, v in out.items()}, flush=True)
     return out
 
 
@@ -199,10 +238,15 @@ def loader_vs_step(data, p: dict) -> dict:
 
 
 def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...] = METHODS,
-              synthetic_n: int = 100_000, rafdb_n: int = 12_271) -> Path:
+              synthetic_n: int = 100_000, rafdb_n: int = 12_271, knn_sizes: list[int] | None = None,
+              knn_budget_s: float = 300, run_epochs: int | None = None) -> Path:
     gpu = torch.cuda.is_available()
     p = profile(gpu)
-    results: dict = {"machine": machine(), "profile": p, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if knn_sizes:
+        p["knn_sizes"] = knn_sizes
+    path = out_dir / f"bench-{socket.gethostname()}{'-gpu' if gpu else '-cpu'}.json"
+    results: dict = json.loads(path.read_text()) if path.exists() else {}
+    results.update(machine=machine())
     for section in sections:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -210,7 +254,9 @@ def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...]
         if section == "train":
             results["train"] = bench_train(p, methods)
         elif section == "knn":
-            results["knn"] = bench_knn(p["knn_sizes"])
+            results["knn"] = bench_knn(p["knn_sizes"], budget_s=knn_budget_s)
+        elif section == "run":
+            results["run"] = bench_run(p, rafdb_n, run_epochs or p["run_epochs"])
         elif section in ("cache", "loader"):
             if "cache" not in results:
                 results["cache"] = bench_cache_and_loader(p, synthetic_n, rafdb_n)
@@ -218,7 +264,8 @@ def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...]
             raise ValueError(f"unknown bench section {section!r}")
         results.setdefault("peak_memory_mb", {})[section] = peak_memory_mb()
         results.setdefault("section_seconds", {})[section] = time.perf_counter() - start
+        results.setdefault("section_profile", {})[section] = p
+        results.setdefault("section_time", {})[section] = time.strftime("%Y-%m-%dT%H:%M:%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench-{socket.gethostname()}{'-gpu' if gpu else '-cpu'}.json"
     path.write_text(json.dumps(results, indent=1))
     return path

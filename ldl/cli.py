@@ -158,7 +158,9 @@ def _bench(args: argparse.Namespace) -> int:
     from ldl.bench import METHODS, run_bench
 
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
-    path = run_bench(Path(args.out), tuple(args.sections.split(",")), methods, args.synthetic, args.rafdb)
+    knn_sizes = [int(n) for n in args.knn_sizes.split(",")] if args.knn_sizes else None
+    path = run_bench(Path(args.out), tuple(args.sections.split(",")), methods, args.synthetic, args.rafdb,
+                     knn_sizes, args.knn_budget, args.run_epochs)
     console.print(f"benchmark results written to {path}")
     return 0
 
@@ -232,10 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed and memory: our loop vs the raw model step, k-NN, cache, loader")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--sections", default="train,knn,cache", help="comma list of train, knn, cache")
+    p.add_argument("--sections", default="train,knn,cache,run", help="comma list of train, knn, cache, run")
     p.add_argument("--methods", help="comma list (default: every method; ldlva:faithful for the faithful mode)")
     p.add_argument("--synthetic", type=int, default=100_000, help="images in the synthetic cache benchmark")
     p.add_argument("--rafdb", type=int, default=12_271, help="training JPEGs in the RAF-DB-layout cache benchmark")
+    p.add_argument("--knn-sizes", help="comma list of N for the k-NN section (default: 12271,50000 on CPU; "
+                                       "up to 287651 on a GPU)")
+    p.add_argument("--knn-budget", type=float, default=300,
+                   help="seconds: skip a k-NN backend at a size whose extrapolated time exceeds this")
+    p.add_argument("--run-epochs", type=int, help="epochs of the end-to-end run (default 60 on a GPU, 2 on CPU)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")

@@ -94,3 +94,21 @@ def test_cross_dataset_matrix(tmp_path):
     assert acc[0, 0] == pytest.approx(own, abs=1e-4)
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert "Cross-dataset" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_bench_writes_its_sections_and_keeps_earlier_ones(tmp_path):
+    # Structure only: the figures themselves are measured, never asserted.
+    out = tmp_path / "results"
+    assert main(["bench", "--out", str(out), "--sections", "knn,run", "--knn-sizes", "200,400",
+                 "--rafdb", "256", "--run-epochs", "1"]) == 0
+    path, = out.glob("bench-*-cpu.json")
+    first = json.loads(path.read_text())
+    assert first["machine"] and set(first["section_time"]) == {"knn", "run"}
+    rows = {(r["backend"], r["n"], r["dim"]) for r in first["knn"]}
+    assert {("kdtree", 400, 2), ("torch", 400, 512), ("faiss-cpu", 200, 512)} <= rows
+    assert not any(backend == "kdtree" and dim == 512 for backend, _, dim in rows)
+    run = first["run"]
+    assert (run["train_images"], run["test_images"], run["epochs"]) == (256, 64, 1) and run["wall_s"] > run["train_s"]
+    assert main(["bench", "--out", str(out), "--sections", "knn", "--knn-sizes", "200"]) == 0
+    second = json.loads(path.read_text())
+    assert second["run"] == run and {r["n"] for r in second["knn"]} == {200}
