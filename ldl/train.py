@@ -282,7 +282,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
             last_eval = evaluate_splits()
             record.update({split: _scalars(m) for split, m in last_eval.items()})
             record["eval_time"] = time.perf_counter() - eval_start
-            val_acc = last_eval.get("val", last_eval.get("test", {})).get("accuracy", -1.0)
+            val_acc = last_eval.get("val", {}).get("accuracy", -1.0)  # without a val split: no best epoch (never test)
             if val_acc > best["val_accuracy"]:
                 best = {"epoch": epoch + 1, "val_accuracy": val_acc,
                         **{split: m for split, m in last_eval.items() if split != "val"}}

@@ -131,3 +131,10 @@ def test_the_ldl_command_is_installed():
     assert shutil.which("ldl"), "the `ldl` console script is not installed: pip install -e ."
     result = subprocess.run(["ldl", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "train" in result.stdout and "sweep" in result.stdout
+
+
+def test_without_a_validation_split_no_epoch_is_selected_on_test(tmp_path):
+    summary = run_training(load_config(None, tiny(tmp_path / "r", "optim.epochs=2", "eval.splits=[test]")))
+    assert summary["best_val"]["epoch"] is None and "test" not in summary["best_val"]
+    assert not (tmp_path / "r" / "best.pt").exists()
+    assert summary["final"]["test"]["accuracy"] >= 0
