@@ -94,7 +94,9 @@ def annotate(regressor_dir: Path, target: DictConfig, out_csv: Path) -> int:
     cfg.data.noise.type = "none"
     splits = build_splits(cfg, ("train", "val", "test"))
     job = Job(cfg, splits)
-    job.model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("fc.")}, strict=False)
+    # The classifier (sized for the regressor's dataset) is unused; every backbone tensor must load.
+    job.model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state["model"].items()
+                                        if k.startswith("backbone.")})
     head = nn.Linear(job.model.feature_dim, 2).to(job.device)
     head.load_state_dict(state["head"])
     out_csv.parent.mkdir(parents=True, exist_ok=True)
