@@ -166,11 +166,11 @@ class LDLVA(Method):
         p_k, f_k = self._neighbour_outputs(model, neighbours)
         zeta = self.calibration(feats, f_k)
         d = aggregate(p_k, self.similarity[index], zeta)
-        warming_up = epoch < self.cfg.warmup_epochs
-        weight = torch.ones_like(d[:, 0]) if warming_up else torch.sigmoid(self.theta[index])
+        learned = torch.sigmoid(self.theta[index])
+        weight = torch.ones_like(learned) if epoch < self.cfg.warmup_epochs else learned  # warm-up: one-hot
         target = target_distribution(labels, weight, d)
         ce = -(target * F.log_softmax(logits, 1)).sum(1).mean()
-        w = torch.sigmoid(self.theta[index]).detach() if warming_up else weight.detach()
+        w = learned.detach()
         centre_loss = 0.5 * (w[:, None] * (feats - self.centres[labels]) ** 2).sum() / len(labels)
         loss = ce + self.cfg.gamma * centre_loss
         self.bank_probs[index] = torch.softmax(logits.detach(), 1)
