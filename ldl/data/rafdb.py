@@ -106,8 +106,6 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
     return train_val_test(cfg, split, native)
 
 
-
-
 def write_rafdb(root: Path, splits: dict[str, tuple[Iterable[np.ndarray], Iterable[int]]], quality: int = 90) -> None:
     """Write uint8 RGB images and canonical labels in RAF-DB's layout (the reader's inverse):
     {split: (images, labels)} for split train / test, names train_00001 / test_0001."""
