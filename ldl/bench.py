@@ -45,6 +45,7 @@ from ldl.tracking import machine
 from ldl.train import Job, run_training
 
 METHODS = ("ce", "label_smoothing", "ldlva", "ldlva:faithful", "slm_aea", "scn", "rul", "eac")
+SECTIONS = ("train", "eval", "knn", "cache", "loader", "run")  # eval is measured with each method in `train`
 
 
 def _sync() -> None:
@@ -240,6 +241,9 @@ def loader_vs_step(data, p: dict) -> dict:
 def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...] = METHODS,
               synthetic_n: int = 100_000, rafdb_n: int = 12_271, knn_sizes: list[int] | None = None,
               knn_budget_s: float = 300, run_epochs: int | None = None) -> Path:
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:  # before anything runs: the k-NN section alone can take an hour on a CPU
+        raise ValueError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     gpu = torch.cuda.is_available()
     p = profile(gpu)
     if knn_sizes:
@@ -247,6 +251,7 @@ def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...]
     path = out_dir / f"bench-{socket.gethostname()}{'-gpu' if gpu else '-cpu'}.json"
     results: dict = json.loads(path.read_text()) if path.exists() else {}
     results.update(machine=machine())
+    done: set[str] = set()
     for section in sections:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -257,15 +262,13 @@ def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...]
             results["knn"] = bench_knn(p["knn_sizes"], budget_s=knn_budget_s)
         elif section == "run":
             results["run"] = bench_run(p, rafdb_n, run_epochs or p["run_epochs"])
-        elif section in ("cache", "loader"):
-            if "cache" not in results:
-                results["cache"] = bench_cache_and_loader(p, synthetic_n, rafdb_n)
-        elif section != "eval":  # eval throughput is measured with each method in `train`
-            raise ValueError(f"unknown bench section {section!r}")
+        elif section in ("cache", "loader") and not {"cache", "loader"} & done:  # one measurement for both
+            results["cache"] = bench_cache_and_loader(p, synthetic_n, rafdb_n)
         results.setdefault("peak_memory_mb", {})[section] = peak_memory_mb()
         results.setdefault("section_seconds", {})[section] = time.perf_counter() - start
         results.setdefault("section_profile", {})[section] = p
         results.setdefault("section_time", {})[section] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        done.add(section)
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     return path

@@ -158,9 +158,8 @@ def _bench(args: argparse.Namespace) -> int:
     from ldl.bench import METHODS, run_bench
 
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
-    knn_sizes = [int(n) for n in args.knn_sizes.split(",")] if args.knn_sizes else None
     path = run_bench(Path(args.out), tuple(args.sections.split(",")), methods, args.synthetic, args.rafdb,
-                     knn_sizes, args.knn_budget, args.run_epochs)
+                     args.knn_sizes, args.knn_budget, args.run_epochs)
     console.print(f"benchmark results written to {path}")
     return 0
 
@@ -179,6 +178,17 @@ def _va(args: argparse.Namespace) -> int:
         rows = annotate(Path(args.dir), cfg, Path(args.out))
         console.print(f"pseudo-VA for {rows} samples written to {args.out}; use it with data.va_file={args.out}")
     return 0
+
+
+def _int_list(text: str) -> list[int]:
+    """argparse type for a comma list of positive integers (argparse names the option on error)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
+    return values
 
 
 def _train_then_apply(sub, name: str, help: str, actions: tuple[str, str], dir_help: str, out_help: str,
@@ -238,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma list (default: every method; ldlva:faithful for the faithful mode)")
     p.add_argument("--synthetic", type=int, default=100_000, help="images in the synthetic cache benchmark")
     p.add_argument("--rafdb", type=int, default=12_271, help="training JPEGs in the RAF-DB-layout cache benchmark")
-    p.add_argument("--knn-sizes", help="comma list of N for the k-NN section (default: 12271,50000 on CPU; "
-                                       "up to 287651 on a GPU)")
+    p.add_argument("--knn-sizes", type=_int_list, help="comma list of N for the k-NN section (default: "
+                                                       "12271,50000 on CPU; up to 287651 on a GPU)")
     p.add_argument("--knn-budget", type=float, default=300,
                    help="seconds: skip a k-NN backend at a size whose extrapolated time exceeds this")
     p.add_argument("--run-epochs", type=int, help="epochs of the end-to-end run (default 60 on a GPU, 2 on CPU)")
