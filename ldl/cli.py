@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ldl.config import ConfigError, load_config
@@ -128,11 +129,13 @@ def _report(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     info = build_report([Path(p) for p in args.runs], out)
-    table = Table(title=f"{info['runs']} runs in {info['groups']} groups (test, last epoch, mean ± std over seeds)")
+    repeats = f", {info['repeats']} repeats counted once" if info["repeats"] else ""
+    table = Table(title=f"{info['runs']} runs in {info['groups']} groups{repeats} "
+                        "(test, last epoch, mean ± std over seeds)")
     for h in info["header"]:
         table.add_column(h)
     for row in info["rows"]:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # method labels hold [key=value]
     Console(width=200).print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({info['figures']} figures)")
     return 0

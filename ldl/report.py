@@ -1,7 +1,11 @@
 """`ldl report RUNS...`: report.md and a self-contained report.html from run folders.
 
-Runs are grouped by (dataset, method, noise type, noise rate) and summarised over seeds as
-mean ± std.  Every table names the epoch it reports: the last epoch, and the test accuracy at
+Runs are grouped by (dataset, method, noise type, noise rate) and by every other setting of
+their resolved config.yaml that differs between runs of the same method (an LDLVA mode, a
+pretrained start, a learning rate), which then names the row, e.g. "ldlva [mode=faithful]";
+only the replicate keys (seed, data.noise.seed) and bookkeeping (run, log, device) are pooled.
+Runs repeated with the same config and seeds are counted once.  Groups are summarised over
+seeds as mean ± std.  Every table names the epoch it reports: the last epoch, and the test accuracy at
 the epoch of best validation accuracy.  Figures: accuracy against noise rate per method, the
 cross-dataset heat map (when a cross.json is among the inputs), confusion matrices, histograms
 of each method's noise score for clean and noisy samples, and reliability diagrams.
@@ -21,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from ldl.data.labels import CLASSES  # noqa: E402
 
@@ -36,10 +41,76 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return sorted(set(runs)), crosses
 
 
-def _group_key(summary: dict) -> tuple:
+REPLICATE_KEYS = ("seed", "data.noise.seed")
+BOOKKEEPING_SECTIONS = ("run", "log", "device")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def _setting(run: Path, method: str) -> dict[str, object]:
+    """The run's settings that can change its numbers: its resolved config without replicate
+    keys, bookkeeping, and the sub-configs of methods it does not run."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return {}
+    setting = {}
+    for key, value in _flatten(yaml.safe_load(path.read_text()) or {}).items():
+        parts = key.split(".")
+        other_method = parts[0] == "method" and len(parts) > 2 and parts[1] != method
+        if key not in REPLICATE_KEYS and parts[0] not in BOOKKEEPING_SECTIONS and not other_method:
+            setting[key] = value
+    return setting
+
+
+def _base_key(summary: dict) -> tuple:
     noise = summary.get("noise") or {}
     rate = float(noise.get("rate", 0.0))
     return (summary["dataset"], summary["method"], noise.get("type", "none") if rate > 0 else "none", rate)
+
+
+def _variant_labels(settings: dict[Path, dict], summaries: dict[Path, dict]) -> dict[Path, str]:
+    """'method [key=value, ...]' where runs of one method on one dataset differ in `key`
+    (noise type and rate have their own column)."""
+    families: dict[tuple, list[Path]] = defaultdict(list)
+    for run, summary in summaries.items():
+        families[(summary["dataset"], summary["method"])].append(run)
+    labels = {}
+    for (_, method), runs in families.items():
+        keys = sorted({k for r in runs for k in settings[r]} - {"data.noise.type", "data.noise.rate"})
+        varying = [k for k in keys if len({repr(settings[r].get(k, "-")) for r in runs}) > 1]
+        for run in runs:
+            shown = ", ".join(f"{k.removeprefix(f'method.{method}.')}={settings[run].get(k, '-')}" for k in varying)
+            labels[run] = f"{method} [{shown}]" if shown else method
+    return labels
+
+
+def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[tuple, list[Path]], list[Path]]:
+    """Runs by (dataset, method label, noise type, noise rate); also the runs left out as
+    repeats of a run with the same settings and replicate keys."""
+    settings = {run: _setting(run, summaries[run]["method"]) for run in runs}
+    labels = _variant_labels(settings, summaries)
+    groups: dict[tuple, list[Path]] = defaultdict(list)
+    seen, repeats = set(), []
+    for run in runs:
+        summary = summaries[run]
+        noise_seed = (summary.get("noise") or {}).get("seed")
+        identity = (summary["dataset"], summary["method"], summary["seed"], noise_seed,
+                    tuple(sorted((k, repr(v)) for k, v in settings[run].items())))
+        if identity in seen:
+            repeats.append(run)
+            continue
+        seen.add(identity)
+        dataset, _, ntype, rate = _base_key(summary)
+        groups[(dataset, labels[run], ntype, rate)].append(run)
+    return groups, repeats
 
 
 def _mean_std(values: list[float]) -> str:
@@ -168,11 +239,8 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     if not runs and not crosses:
         raise ValueError(f"no run folders (summary.json) or cross.json under {[str(p) for p in paths]}")
     summaries = {run: json.loads((run / "summary.json").read_text()) for run in runs}
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    group_runs: dict[tuple, list[Path]] = defaultdict(list)
-    for run, summary in summaries.items():
-        groups[_group_key(summary)].append(summary)
-        group_runs[_group_key(summary)].append(run)
+    run_groups, repeats = group_runs(runs, summaries)
+    groups = {key: [summaries[run] for run in members] for key, members in run_groups.items()}
 
     header = ["dataset", "method", "noise", "seeds", *[name for _, name in METRICS], "test acc @ best val",
               "noise AUROC"]
@@ -190,6 +258,9 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
             "'test acc @ best val' is test accuracy at the epoch of best validation accuracy (test never "
             "selects). Noise AUROC scores each method's own noise score (its learned uncertainty) where it "
             "has one, else the model's small-loss score.")
+    if repeats:
+        note += (f" {len(repeats)} run(s) repeating another run's settings and seeds were counted once: "
+                 + ", ".join(run.name for run in repeats) + ".")
     md_table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
                          ["| " + " | ".join(r) + " |" for r in rows])
     figures: list[tuple[str, str]] = []
@@ -202,7 +273,7 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     for key in sorted(groups):
         title = f"{key[1]} on {key[0]}, {'clean' if key[2] == 'none' else f'{key[2]} {key[3]:.0%}'} (seed {groups[key][0]['seed']})"
         figures.append((f"Confusion matrix: {title}", _confusion(groups[key][0], title)))
-        hist = _uncertainty_histogram(group_runs[key][0], title)
+        hist = _uncertainty_histogram(run_groups[key][0], title)
         if hist:
             figures.append((f"Noise score, clean vs noisy: {title}", hist))
         rel = _reliability(groups[key][0], title)
@@ -242,4 +313,5 @@ figcaption{{font-size:12px;max-width:420px}} p.note{{max-width:60em;font-size:13
 </style></head><body><h1>ldl report</h1><p class="note">{html.escape(note)}</p>{table_html}{cross_html}
 <h2>Figures</h2>{figs_html}</body></html>"""
     (out_dir / "report.html").write_text(page)
-    return {"groups": len(groups), "runs": len(runs), "figures": len(figures), "rows": rows, "header": header}
+    return {"groups": len(groups), "runs": len(runs), "repeats": len(repeats), "figures": len(figures),
+            "rows": rows, "header": header}

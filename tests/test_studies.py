@@ -7,6 +7,7 @@ import yaml
 import formats
 from conftest import tiny
 from ldl.cli import main
+from ldl.report import group_runs
 from ldl.sweep import SweepError, expand, load_sweep, run_local
 
 
@@ -70,6 +71,34 @@ def test_local_sweep_skips_finished_records_failures_and_reports(tmp_path):
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
     assert (report / "figures").is_dir()
+
+
+def test_report_separates_method_variants_and_counts_repeats_once(tmp_path):
+    # A grid over method.name x method.ldlva.mode: LDLVA's two modes are different methods to
+    # report, CE ignores the mode (its two runs per seed repeat each other), and the run folder
+    # and the seed are not settings.
+    def run(name, method, mode, seed, lr=0.002):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"seed": seed, "run": {"dir": str(folder)}, "optim": {"lr": lr},
+                  "data": {"name": "synthetic", "noise": {"type": "symmetric", "rate": 0.3, "seed": 0}},
+                  "method": {"name": method, "ldlva": {"mode": mode, "k": 8}, "scn": {"beta": 0.7}}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        return folder, {"dataset": "synthetic", "method": method, "seed": seed,
+                        "noise": {"type": "symmetric", "rate": 0.3, "seed": 0}}
+
+    summaries = dict([run("ce-fast-0", "ce", "fast", 0), run("ce-faithful-0", "ce", "faithful", 0),
+                      run("ce-fast-1", "ce", "fast", 1), run("ce-faithful-1", "ce", "faithful", 1),
+                      run("ldlva-fast-0", "ldlva", "fast", 0), run("ldlva-fast-1", "ldlva", "fast", 1),
+                      run("ldlva-faithful-0", "ldlva", "faithful", 0),
+                      run("scn-lr-0", "scn", "fast", 0, lr=0.01), run("scn-0", "scn", "fast", 0)])
+    groups, repeats = group_runs(sorted(summaries), summaries)
+    names = {key[1]: sorted(r.name for r in runs) for key, runs in groups.items()}
+    assert names == {"ce": ["ce-faithful-0", "ce-faithful-1"],   # the first of each repeat is kept
+                     "ldlva [mode=fast]": ["ldlva-fast-0", "ldlva-fast-1"],
+                     "ldlva [mode=faithful]": ["ldlva-faithful-0"],
+                     "scn [optim.lr=0.002]": ["scn-0"], "scn [optim.lr=0.01]": ["scn-lr-0"]}
+    assert sorted(r.name for r in repeats) == ["ce-fast-0", "ce-fast-1"]
 
 
 def test_cross_dataset_matrix(tmp_path):
