@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -92,9 +93,18 @@ def _variant_labels(settings: dict[Path, dict], summaries: dict[Path, dict]) -> 
     return labels
 
 
+def _natural_order(key: tuple) -> tuple:
+    """Sort numbers inside row labels by value: lambda_lr=10.0 before lambda_lr=40.0 and 160.0.
+    re.split with one capture group alternates text and number, so equal positions compare
+    like with like."""
+    dataset, label, ntype, rate = key
+    parts = re.split(r"(\d+(?:\.\d+)?)", label)
+    return (dataset, [float(p) if i % 2 else p for i, p in enumerate(parts)], ntype, rate)
+
+
 def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[tuple, list[Path]], list[Path]]:
-    """Runs by (dataset, method label, noise type, noise rate); also the runs left out as
-    repeats of a run with the same settings and replicate keys."""
+    """Runs by (dataset, method label, noise type, noise rate), in report order; also the runs
+    left out as repeats of a run with the same settings and replicate keys."""
     settings = {run: _setting(run, summaries[run]["method"]) for run in runs}
     labels = _variant_labels(settings, summaries)
     groups: dict[tuple, list[Path]] = defaultdict(list)
@@ -110,7 +120,7 @@ def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[tupl
         seen.add(identity)
         dataset, _, ntype, rate = _base_key(summary)
         groups[(dataset, labels[run], ntype, rate)].append(run)
-    return groups, repeats
+    return dict(sorted(groups.items(), key=lambda item: _natural_order(item[0]))), repeats
 
 
 def _mean_std(values: list[float]) -> str:
@@ -245,7 +255,7 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     header = ["dataset", "method", "noise", "seeds", *[name for _, name in METRICS], "test acc @ best val",
               "noise AUROC"]
     rows = []
-    for key in sorted(groups):
+    for key in groups:
         dataset, method, ntype, rate = key
         ss = groups[key]
         row = [dataset, method, "clean" if ntype == "none" else f"{ntype} {rate:.0%}", str(len(ss))]
@@ -270,7 +280,7 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     cross_results = [json.loads(c.read_text()) for c in crosses]
     for cross in cross_results:
         figures.append(("Cross-dataset matrix (train rows, test columns)", _cross_heatmap(cross)))
-    for key in sorted(groups):
+    for key in groups:
         title = f"{key[1]} on {key[0]}, {'clean' if key[2] == 'none' else f'{key[2]} {key[3]:.0%}'} (seed {groups[key][0]['seed']})"
         figures.append((f"Confusion matrix: {title}", _confusion(groups[key][0], title)))
         hist = _uncertainty_histogram(run_groups[key][0], title)

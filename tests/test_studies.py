@@ -77,10 +77,10 @@ def test_report_separates_method_variants_and_counts_repeats_once(tmp_path):
     # A grid over method.name x method.ldlva.mode: LDLVA's two modes are different methods to
     # report, CE ignores the mode (its two runs per seed repeat each other), and the run folder
     # and the seed are not settings.
-    def run(name, method, mode, seed, lr=0.002):
+    def run(name, method, mode, seed, width=16):
         folder = tmp_path / name
         folder.mkdir()
-        config = {"seed": seed, "run": {"dir": str(folder)}, "optim": {"lr": lr},
+        config = {"seed": seed, "run": {"dir": str(folder)}, "model": {"width": width},
                   "data": {"name": "synthetic", "noise": {"type": "symmetric", "rate": 0.3, "seed": 0}},
                   "method": {"name": method, "ldlva": {"mode": mode, "k": 8}, "scn": {"beta": 0.7}}}
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -91,13 +91,16 @@ def test_report_separates_method_variants_and_counts_repeats_once(tmp_path):
                       run("ce-fast-1", "ce", "fast", 1), run("ce-faithful-1", "ce", "faithful", 1),
                       run("ldlva-fast-0", "ldlva", "fast", 0), run("ldlva-fast-1", "ldlva", "fast", 1),
                       run("ldlva-faithful-0", "ldlva", "faithful", 0),
-                      run("scn-lr-0", "scn", "fast", 0, lr=0.01), run("scn-0", "scn", "fast", 0)])
+                      run("scn-narrow-0", "scn", "fast", 0, width=8), run("scn-0", "scn", "fast", 0)])
     groups, repeats = group_runs(sorted(summaries), summaries)
     names = {key[1]: sorted(r.name for r in runs) for key, runs in groups.items()}
     assert names == {"ce": ["ce-faithful-0", "ce-faithful-1"],   # the first of each repeat is kept
                      "ldlva [mode=fast]": ["ldlva-fast-0", "ldlva-fast-1"],
                      "ldlva [mode=faithful]": ["ldlva-faithful-0"],
-                     "scn [optim.lr=0.002]": ["scn-0"], "scn [optim.lr=0.01]": ["scn-lr-0"]}
+                     "scn [model.width=16]": ["scn-0"], "scn [model.width=8]": ["scn-narrow-0"]}
+    # rows in order, numbers by value (8 before 16)
+    assert [key[1] for key in groups] == ["ce", "ldlva [mode=faithful]", "ldlva [mode=fast]",
+                                          "scn [model.width=8]", "scn [model.width=16]"]
     assert sorted(r.name for r in repeats) == ["ce-fast-0", "ce-fast-1"]
 
 
