@@ -62,7 +62,19 @@ def _check_type(key: str, default: Any, value: Any, source: str) -> None:
         )
 
 
-def _read_yaml(path: Path) -> dict:
+def flatten(tree: dict, sep: str = ".") -> dict[str, Any]:
+    """The leaves of a nested mapping under joined keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update({f"{key}{sep}{sub}": leaf for sub, leaf in flatten(value, sep).items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML file holding a mapping; a missing file or bad YAML raises ConfigError naming the file."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -79,7 +91,7 @@ def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dic
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular {BASE_KEY} chain")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     bases = data.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else list(bases)
     chain: list[tuple[Path, dict]] = []
@@ -109,7 +121,7 @@ def _nest(key: str, value: Any) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> DictConfig:
     """Package defaults <- config file chain <- dotted overrides, every key checked."""
-    defaults = _read_yaml(DEFAULTS_PATH)
+    defaults = read_yaml(DEFAULTS_PATH)
     schema = _flat_keys(defaults)
     cfg = OmegaConf.create(defaults)
     if path is not None:
@@ -135,7 +147,7 @@ def to_yaml(cfg: DictConfig) -> str:
 def config_from_dict(data: dict, overrides: Iterable[str] = ()) -> DictConfig:
     """Rebuild a config saved in a run folder or checkpoint, re-checked against the defaults,
     with dotted overrides applied on top (as `load_config` applies them)."""
-    defaults = _read_yaml(DEFAULTS_PATH)
+    defaults = read_yaml(DEFAULTS_PATH)
     schema = _flat_keys(defaults)
     _check_keys(data, schema, "saved config")
     return _apply_overrides(OmegaConf.merge(OmegaConf.create(defaults), data), schema, overrides)

@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
+from ldl.config import flatten, read_yaml  # noqa: E402
 from ldl.data.labels import CLASSES  # noqa: E402
 
 METRICS = [("accuracy", "acc"), ("mean_class_accuracy", "mean-class acc"), ("macro_f1", "macro-F1"),
@@ -46,28 +46,15 @@ REPLICATE_KEYS = ("seed", "data.noise.seed")
 BOOKKEEPING_SECTIONS = ("run", "log", "device")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
 def _setting(run: Path, method: str) -> dict[str, object]:
     """The run's settings that can change its numbers: its resolved config without replicate
     keys, bookkeeping, and the sub-configs of methods it does not run."""
-    path = run / "config.yaml"
-    if not path.is_file():
-        return {}
     setting = {}
-    for key, value in _flatten(yaml.safe_load(path.read_text()) or {}).items():
+    for key, value in flatten(read_yaml(run / "config.yaml")).items():
         parts = key.split(".")
         other_method = parts[0] == "method" and len(parts) > 2 and parts[1] != method
         if key not in REPLICATE_KEYS and parts[0] not in BOOKKEEPING_SECTIONS and not other_method:
-            setting[key] = value
+            setting[key] = json.dumps(value) if isinstance(value, list) else value
     return setting
 
 

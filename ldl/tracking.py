@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldl.config import to_yaml
+from ldl.config import flatten, to_yaml
 
 PACKAGES = ("torch", "numpy", "scipy", "faiss-cpu", "faiss-gpu", "wandb", "omegaconf", "pyyaml", "tqdm", "rich", "matplotlib")
 
@@ -129,7 +129,7 @@ class RunRecorder:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
         if self.wandb_run is not None:
-            flat = {k: v for k, v in _flatten(record).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            flat = {k: v for k, v in flatten(record, sep="/").items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.wandb_run.log(flat, step=int(record["epoch"]))
 
     def finish(self, summary: dict) -> None:
@@ -137,18 +137,10 @@ class RunRecorder:
             return
         write_json(self.dir / "summary.json", summary)
         if self.wandb_run is not None:
-            for key, value in _flatten(summary).items():
+            for key, value in flatten(summary, sep="/").items():
                 if isinstance(value, (int, float, str)):
                     self.wandb_run.summary[key] = value
             self.wandb_run.finish()
             self.wandb_run = None
 
 
-def _flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

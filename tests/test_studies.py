@@ -7,6 +7,7 @@ import yaml
 import formats
 from conftest import tiny
 from ldl.cli import main
+from ldl.config import ConfigError
 from ldl.report import group_runs
 from ldl.sweep import SweepError, expand, load_sweep, run_local
 
@@ -102,6 +103,12 @@ def test_report_separates_method_variants_and_counts_repeats_once(tmp_path):
     assert [key[1] for key in groups] == ["ce", "ldlva [mode=faithful]", "ldlva [mode=fast]",
                                           "scn [model.width=8]", "scn [model.width=16]"]
     assert sorted(r.name for r in repeats) == ["ce-fast-0", "ce-fast-1"]
+
+    # A run folder without its config.yaml cannot be told apart from its neighbours: an error
+    # naming the file, not a row pooled on dataset and method alone.
+    (tmp_path / "scn-0" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"scn-0/config\.yaml"):
+        group_runs(sorted(summaries), summaries)
 
 
 def test_cross_dataset_matrix(tmp_path):
