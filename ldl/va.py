@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from ldl.checkpoint import load_file
 from ldl.config import config_from_dict
 from ldl.data import build_splits
 from ldl.data.dataset import BatchLoader
@@ -85,7 +86,7 @@ def train_va(cfg: DictConfig, out_dir: Path) -> dict:
 
 def annotate(regressor_dir: Path, target: DictConfig, out_csv: Path) -> int:
     """Write pseudo-VA for every sample of the target dataset's splits; returns the row count."""
-    state = torch.load(regressor_dir / "va_regressor.pt", map_location="cpu", weights_only=False)
+    state = load_file(regressor_dir / "va_regressor.pt", "VA regressor", keys=("model", "head", "config"))
     source = config_from_dict(state["config"])
     cfg = OmegaConf.merge(source, {"data": OmegaConf.to_container(target.data, resolve=True)})
     cfg.data.image_size = source.data.image_size   # the regressor sees images as it was trained

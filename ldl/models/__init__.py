@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ldl.checkpoint import CheckpointError, load_file
 from ldl.models.resnet import ResNet, resnet18, resnet50
 
 BACKBONES: dict[str, Callable[..., ResNet]] = {"resnet18": resnet18, "resnet50": resnet50}
@@ -44,10 +45,12 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     if not file.is_file():
         raise FileNotFoundError(f"model.pretrained: weights file not found: {file} "
                                 "(weights are never downloaded; point the config at a local file)")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    state = load_file(file, "model.pretrained weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"model.pretrained: {file} holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()

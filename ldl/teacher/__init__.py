@@ -90,7 +90,8 @@ def soft_labels(teacher: dict, data: FERData, split: str) -> tuple[np.ndarray, n
 
 def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = None) -> dict:
     """Write train+val into train_set/ and test into validation_set/, AffectNet+ layout."""
-    teacher = torch.load(teacher_dir / "teacher.pt", weights_only=False)
+    teacher = checkpoint.load_file(teacher_dir / "teacher.pt", "teacher",
+                                   keys=("members", "au_head", "au_temperature", "config"))
     cfg = cfg or config_from_dict(teacher["config"])
     splits = build_splits(cfg, ("train", "val", "test"))
     counts = {}
