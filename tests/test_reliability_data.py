@@ -6,9 +6,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import formats
 from ldl import checkpoint
 from ldl.config import load_config
+from ldl.data import build_splits
+from ldl.data.loading import DataError
 from ldl.models import build_model
 
 
@@ -91,3 +95,93 @@ def test_empty_truncated_or_garbage_checkpoint_is_an_error_naming_it(tmp_path, c
     path.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": not a readable checkpoint"):
         checkpoint.load(path)
+
+
+# ---- data: cache, FERPlus pairing, skipped-input counts, manifest containment ----
+
+RAF_TRAIN = [1, 2, 3, 4, 5, 6, 7] * 3   # lines 1..21 of the label file
+RAF_TEST = [1, 2, 3, 4, 5, 6, 7]        # lines 22..28
+
+
+def cfg_for(name, root, *extra):
+    return load_config(None, [f"data.name={name}", f"data.root={root}", "data.num_classes=7", "data.image_size=32",
+                              "log.progress=false", "data.val_fraction=0.34", *extra])
+
+
+def raf(tmp_path):
+    return formats.rafdb(tmp_path / "raf", RAF_TRAIN, RAF_TEST, distribution=False)
+
+
+def image(root, stem):
+    return root / "Image" / "aligned" / f"{stem}_aligned.jpg"
+
+
+def solid(path, value, fmt="JPEG"):
+    Image.fromarray(np.full((100, 100, 3), value, dtype=np.uint8)).save(path, fmt)
+
+
+def test_changed_image_rebuilds_the_cache(tmp_path):
+    root = raf(tmp_path)
+    before = build_splits(cfg_for("rafdb", root), ("test",))["test"]
+    solid(image(root, "test_0001"), 200)
+    after = build_splits(cfg_for("rafdb", root), ("test",))["test"]
+    assert np.abs(after.images[0].astype(int) - 200).max() <= 2
+    assert not np.array_equal(before.images[0], after.images[0])
+
+
+def test_image_added_to_split_rebuilds_the_cache(tmp_path):
+    root = raf(tmp_path)
+    missing = image(root, "test_0002")
+    kept = missing.read_bytes()
+    missing.unlink()
+    assert len(build_splits(cfg_for("rafdb", root, "data.on_error=skip"), ("test",))["test"]) == 6
+    missing.write_bytes(kept)
+    assert len(build_splits(cfg_for("rafdb", root, "data.on_error=skip"), ("test",))["test"]) == 7
+
+
+def test_removed_image_is_an_error_not_the_stale_cache(tmp_path):
+    root = raf(tmp_path)
+    assert len(build_splits(cfg_for("rafdb", root), ("test",))["test"]) == 7
+    image(root, "test_0001").unlink()
+    with pytest.raises(DataError, match=r"list_patition_label.txt:22: missing image: .*test_0001_aligned.jpg"):
+        build_splits(cfg_for("rafdb", root), ("test",))
+    assert len(build_splits(cfg_for("rafdb", root, "data.on_error=skip"), ("test",))["test"]) == 6
+
+
+def test_changed_annotation_rebuilds_the_cache(tmp_path):
+    root = formats.affectnet_npy(tmp_path / "an", list(range(8)), list(range(8)))
+    cfg = cfg_for("affectnet", root, "data.num_classes=8")
+    assert np.allclose(build_splits(cfg, ("test",))["test"].va[0], [0.25, -0.5])
+    np.save(root / "val_set" / "annotations" / "0_val.npy", np.array("0.75"))
+    assert np.allclose(build_splits(cfg, ("test",))["test"].va[0], [0.75, -0.5])
+
+
+def test_content_check_notices_an_edit_that_keeps_size_and_mtime(tmp_path):
+    root = raf(tmp_path)
+    path = image(root, "test_0001")
+    solid(path, 10, "BMP")   # BMP: the same size whatever the pixels
+    st = path.stat()
+    cfg = cfg_for("rafdb", root)
+    cfg.data.cache_verify = "content"
+    assert build_splits(cfg, ("test",))["test"].images[0].max() == 10
+    solid(path, 240, "BMP")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    assert build_splits(cfg, ("test",))["test"].images[0].min() == 240
+
+
+def test_skipped_inputs_are_counted_once_with_file_and_line(tmp_path):
+    root = raf(tmp_path)
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    lines = label_file.read_text().split("\n")
+    lines[2] = "train_00003.jpg 9"          # unknown label (train)
+    lines[23] = "test_0003.jpg"             # malformed line (test)
+    lines[4] = "val_00005.jpg 1"            # neither train nor test
+    label_file.write_text("\n".join(lines))
+    image(root, "train_00007").unlink()     # missing image (train)
+    splits = build_splits(cfg_for("rafdb", root, "data.on_error=skip"))
+    reports = [d.info["skipped"] for d in splits.values() if d.info.get("skipped")]
+    assert sum(r["total"] for r in reports) == 4
+    examples = sorted(e for r in reports for e in r["examples"])
+    assert [re.search(r"list_patition_label.txt:(\d+): ", e)[1] for e in examples] == ["24", "3", "5", "7"]
+    assert all(e.count("missing image") <= 1 for e in examples)

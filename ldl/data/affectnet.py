@@ -87,7 +87,7 @@ def read_csv_release(path: Path, image_dir: Path, policy: ErrorPolicy) -> tuple[
                 policy.bad(where, "malformed line", f"{marks.size} landmark numbers, expected 136 (68 points)")
                 continue
             rows.append({"name": parts[0], "path": image_dir / parts[0], "label": code, "va": (valence, arousal),
-                         "box": box, "landmarks": None if marks is None else marks.reshape(68, 2)})
+                         "box": box, "landmarks": None if marks is None else marks.reshape(68, 2), "where": where})
     return rows, counts
 
 
@@ -157,10 +157,11 @@ def affectnet_split(cfg: DictConfig, split: str) -> FERData:
             if not rows:
                 raise DataError(f"{source}: no usable samples: the {part} split is empty")
             boxes = [r["box"] for r in rows] if crop else None
+            origins = [r["where"] for r in rows] if release == "csv" else None   # npy: the image is the source
             # Landmarks follow the image into the resized (and cropped) frame.
             sizes = [_image_size(r["path"]) for r in rows] if any(r["landmarks"] is not None for r in rows) else None
             images, kept = decode_into(alloc, [r["path"] for r in rows], cfg.data.image_size, policy,
-                                       f"decode affectnet {part}", cfg.log.progress, boxes)
+                                       f"decode affectnet {part}", cfg.log.progress, boxes, origins)
             rows = [r for r, k in zip(rows, kept) if k]
             landmarks = None
             if sizes is not None:
@@ -177,7 +178,9 @@ def affectnet_split(cfg: DictConfig, split: str) -> FERData:
             data.info.update(counts)
             return data
 
-        return cached_split(cfg, part, [source] if source.is_file() else sorted((source / "annotations").glob("*_exp.npy")),
-                            {"release": release, "crop": crop}, build)
+        # the npy release lists its samples by the image files themselves, so all of them are sources
+        sources = [source] if source.is_file() else sorted([*(source / "annotations").glob("*.npy"),
+                                                            *(source / "images").glob("*.jpg")])
+        return cached_split(cfg, part, sources, {"release": release, "crop": crop}, build)
 
     return train_val_test(cfg, split, native)

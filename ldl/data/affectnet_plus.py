@@ -103,7 +103,8 @@ def affectnet_plus_split(cfg: DictConfig, split: str) -> FERData:
             if not rows:
                 raise DataError(f"{folder}: no usable samples: the {part} split is empty")
             images, kept = decode_into(alloc, [r["path"] for r in rows], cfg.data.image_size, policy,
-                                       f"decode affectnet+ {part}", cfg.log.progress)
+                                       f"decode affectnet+ {part}", cfg.log.progress,
+                                       origins=[str(folder / "annotations" / f"{r['name']}.json") for r in rows])
             rows = [r for r, k in zip(rows, kept) if k]
             landmarks = None
             if any(r["landmarks"] is not None for r in rows):

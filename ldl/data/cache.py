@@ -1,9 +1,12 @@
 """Packed uint8 image cache: decode and resize once, memory-map on every later run.
 
 A cache entry is a folder named by a hash of everything that determines its contents (the
-dataset, split, the source files' sizes and mtimes, image size, protocol, generator seed), so it
-is reused across runs and rebuilt when the source or the preprocessing changes.  Entries are
-written to a temporary folder and renamed into place: an interrupted build leaves no entry.
+dataset, split, the label files' sizes and mtimes, image size, protocol, generator seed), so it
+is reused across runs and rebuilt when the preprocessing changes.  The entry also lists every
+image it was decoded from; each load re-checks their sizes and mtimes (with `verify="content"`
+also their bytes), and a changed, added or removed image makes the entry stale, rebuilt in
+place.  Entries are written to a temporary folder and renamed into place: an interrupted build
+leaves no entry.
 """
 from __future__ import annotations
 
@@ -14,26 +17,68 @@ import shutil
 import uuid
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from ldl.data.dataset import FERData
 
-ImageAllocator = Callable[[int, int, int], np.ndarray]
+VERIFY_MODES = ("stat", "content")
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LDL_CACHE", Path.home() / ".cache" / "ldl"))
 
 
-def fingerprint_files(paths: list[Path]) -> str:
-    """Cheap identity of source files: names, sizes and modification times."""
+def fingerprint_files(paths: Iterable[Path], verify: str = "stat") -> str:
+    """Identity of source files: names, sizes and modification times, and with `verify="content"`
+    a hash of their bytes.  A missing file is part of the identity, so its return changes it."""
+    _check_verify(verify)
+    return _digest({str(p): _identity(Path(p), verify) for p in paths})
+
+
+def _check_verify(verify: str) -> None:
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"data.cache_verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+
+
+def _identity(path: Path, verify: str) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{path}|missing\n".encode()
+    line = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if verify == "content":
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        line += f"|{h.hexdigest()}"
+    return f"{line}\n".encode()
+
+
+def _digest(identities: dict[str, bytes]) -> str:
     h = hashlib.sha1()
-    for p in sorted(paths):
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for path in sorted(identities):
+        h.update(identities[path])
     return h.hexdigest()
+
+
+class EntryWriter:
+    """What a build writes into: `writer(n, h, w)` is a writable uint8 memory map [n, h, w, 3]
+    inside the entry, and `writer.depends_on(paths)` records the source images to re-check on
+    every load (identified before they are decoded, so an edit during the build is noticed)."""
+
+    def __init__(self, folder: Path, verify: str):
+        self.folder = folder
+        self.verify = verify
+        self.identities: dict[str, bytes] = {}
+
+    def __call__(self, n: int, h: int, w: int) -> np.ndarray:
+        return np.lib.format.open_memmap(self.folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
+
+    def depends_on(self, paths: Iterable[Path]) -> None:
+        self.identities.update((str(p), _identity(Path(p), self.verify)) for p in paths)
 
 
 def _entry_name(key: dict) -> str:
@@ -41,27 +86,31 @@ def _entry_name(key: dict) -> str:
     return f"{key.get('dataset', 'data')}-{key.get('split', 'all')}-{digest}"
 
 
-def load_or_build(key: dict, build: Callable[[ImageAllocator], FERData], cache_dir: Path | None = None) -> FERData:
-    """Return the cached split for `key`, building it with `build(alloc)` on a miss.
+def load_or_build(key: dict, build: Callable[[EntryWriter], FERData], cache_dir: Path | None = None,
+                  verify: str = "stat") -> FERData:
+    """Return the cached split for `key`, building it with `build(writer)` on a miss or when a
+    source image recorded by `writer.depends_on` changed (checked as `fingerprint_files(verify)`).
 
-    `build` receives `alloc(n, h, w)`, which returns a writable uint8 memory map [n, h, w, 3]
-    inside the entry being written, so large datasets never need to fit in RAM.
+    The writer's images live inside the entry being written, so large datasets never need to
+    fit in RAM.
     """
+    _check_verify(verify)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = root / _entry_name(key)
     if (folder / "meta.json").is_file():
-        return _load(folder)
+        if _is_fresh(folder, verify):
+            return _load(folder)
+        _discard(folder)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        def alloc(n: int, h: int, w: int) -> np.ndarray:
-            return np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
-
-        data = build(alloc)
+        writer = EntryWriter(tmp, verify)
+        data = build(writer)
         if not isinstance(data.images, np.memmap):
-            alloc(*data.images.shape[:3])[:] = data.images
-        _save_arrays(data, tmp, key)
+            writer(*data.images.shape[:3])[:] = data.images
+        (tmp / "sources.json").write_text(json.dumps(sorted(writer.identities)))
+        _save_arrays(data, tmp, key, {"verify": verify, "digest": _digest(writer.identities)})
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same entry first
@@ -72,14 +121,32 @@ def load_or_build(key: dict, build: Callable[[ImageAllocator], FERData], cache_d
     return _load(folder)
 
 
-def _save_arrays(data: FERData, folder: Path, key: dict) -> None:
+def _is_fresh(folder: Path, verify: str) -> bool:
+    recorded = json.loads((folder / "meta.json").read_text()).get("sources")
+    if recorded is None or recorded["verify"] != verify:
+        return False
+    sources = json.loads((folder / "sources.json").read_text())
+    return fingerprint_files(sources, verify) == recorded["digest"]
+
+
+def _discard(folder: Path) -> None:
+    """Move a stale entry out of the way first (atomic), so no process loads it while it goes."""
+    doomed = folder.with_name(f".stale-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(folder, doomed)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _save_arrays(data: FERData, folder: Path, key: dict, sources: dict) -> None:
     arrays = {f.name: getattr(data, f.name) for f in fields(data)
               if isinstance(getattr(data, f.name), np.ndarray) and f.name != "images"}
     if isinstance(data.images, np.memmap):
         data.images.flush()
     np.savez(folder / "arrays.npz", **arrays)
     meta = {"key": key, "num_classes": data.num_classes, "info": data.info, "count": len(data),
-            "image_shape": list(data.images.shape[1:])}
+            "image_shape": list(data.images.shape[1:]), "sources": sources}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
 

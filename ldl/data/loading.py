@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ldl.data.cache import ImageAllocator, fingerprint_files, load_or_build
+from ldl.data.cache import EntryWriter, fingerprint_files, load_or_build
 from ldl.data.dataset import FERData
 from ldl.data.labels import CLASSES, CONTEMPT
 
@@ -73,40 +73,46 @@ def _decode(path: Path, size: int) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def decode_into(alloc: ImageAllocator, paths: Sequence[Path], size: int, policy: ErrorPolicy,
-                desc: str, progress: bool = True, crop_boxes: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_into(entry: EntryWriter, paths: Sequence[Path], size: int, policy: ErrorPolicy,
+                desc: str, progress: bool = True, crop_boxes: Sequence | None = None,
+                origins: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode, (crop,) resize and write images into the cache; returns (images, kept mask).
 
-    Unreadable or truncated files go through `policy`.  Decoding runs on a thread pool (PIL
-    releases the GIL while decoding)."""
-    images = alloc(len(paths), size, size)
+    The cache entry depends on every path (a later change rebuilds it).  Unreadable or
+    truncated files go through `policy`, named by `origins[i]` (the label file and line that
+    listed the image) when given.  Decoding runs on a thread pool (PIL releases the GIL)."""
+    entry.depends_on(paths)
+    images = entry(len(paths), size, size)
     kept = np.ones(len(paths), dtype=bool)
 
-    def work(i: int) -> tuple[int, np.ndarray | None, str]:
+    def work(i: int) -> tuple[int, np.ndarray | None, str, str]:
         try:
             if crop_boxes is not None and crop_boxes[i] is not None:
                 with Image.open(paths[i]) as img:
                     img.load()
                     x, y, w, h = crop_boxes[i]
                     arr = img.convert("RGB").crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR)
-                    return i, np.asarray(arr, dtype=np.uint8), ""
-            return i, _decode(paths[i], size), ""
+                    return i, np.asarray(arr, dtype=np.uint8), "", ""
+            return i, _decode(paths[i], size), "", ""
         except FileNotFoundError:
-            return i, None, "missing image"
+            return i, None, "missing image", ""
         except (OSError, SyntaxError, ValueError) as err:
-            return i, None, f"unreadable image ({err})"
+            return i, None, "unreadable image", str(err)
 
     with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for i, arr, error in pool.map(work, range(len(paths)), chunksize=64):
+        for i, arr, reason, error in pool.map(work, range(len(paths)), chunksize=64):
             if arr is None:
-                policy.bad(str(paths[i]), error.split(" (")[0], error)
+                if origins is None:
+                    policy.bad(str(paths[i]), reason, error)
+                else:
+                    policy.bad(origins[i], reason, f"{paths[i]}{f' ({error})' if error else ''}")
                 kept[i] = False
             else:
                 images[i] = arr
             bar.update(1)
     if not kept.all():  # compact: rewrite the cache's image file without the skipped rows
         good = np.asarray(images[kept])
-        images = alloc(len(good), size, size)
+        images = entry(len(good), size, size)
         images[:] = good
     return images, kept
 
@@ -148,19 +154,25 @@ def holdout(data: FERData, fraction: float, seed: int, part: str) -> FERData:
         val.extend(rng.choice(members, size=take, replace=False).tolist())
     is_val = np.zeros(len(data), dtype=bool)
     is_val[val] = True
-    return data.select(np.flatnonzero(is_val if part == "val" else ~is_val))
+    out = data.select(np.flatnonzero(is_val if part == "val" else ~is_val))
+    if part == "val":  # the inputs skipped while reading the train file are reported once, with train
+        out.info.pop("skipped", None)
+    return out
 
 
 def cached_split(cfg: DictConfig, split: str, sources: list[Path], extra_key: dict,
-                 build: Callable[[ImageAllocator, ErrorPolicy], FERData]) -> FERData:
+                 build: Callable[[EntryWriter, ErrorPolicy], FERData]) -> FERData:
     """Build (or load) a dataset's full native split through the cache, with the error policy
-    and protocol applied and the skipped-input report kept in `info`."""
+    and protocol applied and the skipped-input report kept in `info`.  `sources` are the label
+    files; the images each build decodes are re-checked on every load (data.cache_verify)."""
+    verify = cfg.data.get("cache_verify", "stat")
     key = {"dataset": cfg.data.name, "split": split, "size": cfg.data.image_size, "on_error": cfg.data.on_error,
-           "sources": fingerprint_files(sources), "num_classes": cfg.data.num_classes, **extra_key, "version": 1}
+           "sources": fingerprint_files(sources, verify), "verify": verify, "num_classes": cfg.data.num_classes,
+           **extra_key, "version": 2}
 
-    def make(alloc: ImageAllocator) -> FERData:
+    def make(entry: EntryWriter) -> FERData:
         policy = ErrorPolicy(cfg.data.on_error)
-        data = build(alloc, policy)
+        data = build(entry, policy)
         if policy.report():
             data.info["skipped"] = policy.report()
         data = apply_protocol(data, cfg.data.num_classes, f"{cfg.data.name} {split}")
@@ -169,7 +181,7 @@ def cached_split(cfg: DictConfig, split: str, sources: list[Path], extra_key: di
         return data
 
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    return load_or_build(key, make, cache_dir)
+    return load_or_build(key, make, cache_dir, verify)
 
 
 def train_val_test(cfg: DictConfig, split: str, native: Callable[[str], FERData], has_val: bool = False) -> FERData:

@@ -27,13 +27,19 @@ LABEL_FILE = "EmoLabel/list_patition_label.txt"
 CANONICAL_TO_RAFDB = {c: r for r, c in RAFDB_TO_CANONICAL.items()}
 
 
-def read_label_file(path: Path, policy: ErrorPolicy) -> list[tuple[str, int, int]]:
-    """(name, canonical label, line number) for every well-formed line."""
+def _part_of(name: str) -> str:
+    """The split a line belongs to, by its name's prefix; a name with neither prefix counts as train's."""
+    return "test" if name.startswith("test") else "train"
+
+
+def read_label_file(path: Path, policy: ErrorPolicy, part: str) -> list[tuple[str, int, int]]:
+    """(name, canonical label, line number) for every well-formed line of split `part`.  Only
+    the part's own bad lines are reported, so each is counted once over the splits' builds."""
     rows = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
         parts = line.split()
+        if not parts or _part_of(parts[0]) != part:
+            continue
         if len(parts) != 2:
             policy.bad(f"{path}:{line_no}", "malformed line", repr(line))
             continue
@@ -48,11 +54,12 @@ def read_label_file(path: Path, policy: ErrorPolicy) -> list[tuple[str, int, int
     return rows
 
 
-def read_distribution_file(path: Path, policy: ErrorPolicy) -> dict[str, np.ndarray]:
+def read_distribution_file(path: Path, policy: ErrorPolicy, part: str) -> dict[str, np.ndarray]:
+    """name -> 7 vote fractions for the lines of split `part` (bad lines reported as in read_label_file)."""
     out = {}
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()  # also absorbs the trailing space of every line
-        if not parts:
+        if not parts or _part_of(parts[0]) != part:
             continue
         try:
             values = np.array([float(v) for v in parts[1:]], dtype=np.float64)
@@ -82,17 +89,18 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
 
     def native(part: str) -> FERData:
         def build(alloc, policy: ErrorPolicy) -> FERData:
-            rows = [r for r in read_label_file(label_file, policy) if r[0].startswith(part)]
+            rows = read_label_file(label_file, policy, part)
             if not rows:
                 raise DataError(f"{label_file}: no '{part}_*' lines: the {part} split is empty")
-            dists = read_distribution_file(dist_file, policy) if dist_file else None
+            dists = read_distribution_file(dist_file, policy, part) if dist_file else None
             if dists is not None:
                 for name, _, line_no in rows:
                     if name not in dists:
                         policy.bad(f"{dist_file}", "missing distribution", f"no line for {name} ({label_file}:{line_no})")
                 rows = [r for r in rows if r[0] in dists]
             paths = [root / "Image" / "aligned" / f"{name.split('.')[0]}_aligned.jpg" for name, _, _ in rows]
-            images, kept = decode_into(alloc, paths, cfg.data.image_size, policy, f"decode rafdb {part}", cfg.log.progress)
+            images, kept = decode_into(alloc, paths, cfg.data.image_size, policy, f"decode rafdb {part}", cfg.log.progress,
+                                       origins=[f"{label_file}:{line_no}" for _, _, line_no in rows])
             rows = [r for r, k in zip(rows, kept) if k]
             dist = None
             if dists is not None:
