@@ -170,6 +170,28 @@ def test_content_check_notices_an_edit_that_keeps_size_and_mtime(tmp_path):
     assert build_splits(cfg, ("test",))["test"].images[0].min() == 240
 
 
+def ferplus_rows(n_per_usage=8):
+    rows = []
+    for c in range(n_per_usage):
+        for usage in ("Training", "PublicTest", "PrivateTest"):
+            votes = [0] * 10
+            votes[c % 8] = 10
+            rows.append((usage, f"fer{len(rows):07d}.png", votes))
+    return rows
+
+
+# (in raise mode a row dropped mid-file already stops at the first Usage that no longer pairs)
+@pytest.mark.parametrize("dropped, on_error", [("last", "raise"), ("last", "skip"), ("middle", "skip")])
+def test_ferplus_votes_file_one_row_short_is_an_error(tmp_path, dropped, on_error):
+    root = formats.ferplus(tmp_path / "ferplus", ferplus_rows())
+    votes = root / "fer2013new.csv"
+    lines = votes.read_text().splitlines()
+    del lines[-1 if dropped == "last" else 10]
+    votes.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"fer2013new.csv ends at line 24 but .*fer2013.csv goes on \(line 25\)"):
+        build_splits(cfg_for("ferplus", root, "data.num_classes=8", f"data.on_error={on_error}"))
+
+
 def test_skipped_inputs_are_counted_once_with_file_and_line(tmp_path):
     root = raf(tmp_path)
     label_file = root / "EmoLabel" / "list_patition_label.txt"
@@ -185,3 +207,13 @@ def test_skipped_inputs_are_counted_once_with_file_and_line(tmp_path):
     examples = sorted(e for r in reports for e in r["examples"])
     assert [re.search(r"list_patition_label.txt:(\d+): ", e)[1] for e in examples] == ["24", "3", "5", "7"]
     assert all(e.count("missing image") <= 1 for e in examples)
+
+
+def test_ferplus_bad_row_is_counted_once(tmp_path):
+    rows = ferplus_rows()
+    rows[4] = ("PublicTest", "fer0000004.png", [10] * 9)   # a val row one field short
+    root = formats.ferplus(tmp_path / "ferplus", rows)
+    splits = build_splits(cfg_for("ferplus", root, "data.num_classes=8", "data.on_error=skip"))
+    reports = {split: d.info["skipped"] for split, d in splits.items() if d.info.get("skipped")}
+    assert list(reports) == ["val"] and reports["val"]["total"] == 1
+    assert "fer2013new.csv:6: malformed line: 11 fields" in reports["val"]["examples"][0]

@@ -2,7 +2,9 @@
 
 fer2013.csv     emotion,pixels,Usage   (2304 grey values per row)
 fer2013new.csv  Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF
-Row i of one file describes row i of the other.  Usage Training / PublicTest / PrivateTest map to
+Row i of one file describes row i of the other, so the files must have exactly as many rows
+(a row missing mid-file would shift every pair after it): a difference is an error in every
+`data.on_error` mode.  Usage Training / PublicTest / PrivateTest map to
 train / val / test.  Rows with an empty image name (not a face) are excluded, as S8 does.
 
 Votes follow microsoft/FERPlus (S8): votes <= 1 are outliers and set to 0; then
@@ -17,6 +19,7 @@ outlier removal (canonical order): a real crowd label distribution for the LDL m
 from __future__ import annotations
 
 import csv
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from ldl.data.labels import FERPLUS_VOTE_TO_CANONICAL, reorder_columns
 from ldl.data.loading import DataError, ErrorPolicy, cached_split, data_root, require_file
 
 USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+SPLIT_OF_USAGE = {usage: split for split, usage in USAGE.items()}
 NEW_HEADER = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
               "contempt", "unknown", "NF"]
 LABEL_MODES = ("majority", "crossentropy", "argmax")
@@ -61,6 +65,15 @@ def process_votes(votes: np.ndarray, mode: str) -> int | None:
     raise ValueError(f"data.ferplus.label_mode must be one of {LABEL_MODES}, got {mode!r}")
 
 
+def _owner(pix: list[str], vote: list[str]) -> str:
+    """The split a pair of rows belongs to: the votes' Usage, else the pixels', else train.  Each
+    split's build reports only its own bad rows, so every one is counted once."""
+    for usage in (vote[:1], pix[2:3]):
+        if usage and usage[0] in SPLIT_OF_USAGE:
+            return SPLIT_OF_USAGE[usage[0]]
+    return "train"
+
+
 @register_dataset("ferplus")
 def ferplus_split(cfg: DictConfig, split: str) -> FERData:
     root = data_root(cfg)
@@ -79,11 +92,15 @@ def ferplus_split(cfg: DictConfig, split: str) -> FERData:
             if vote_header != NEW_HEADER:
                 raise DataError(f"{labels_file}:1: expected header {','.join(NEW_HEADER)}, got {vote_header}")
             rows, excluded = [], {"no_face_name": 0, "unknown_or_nf": 0}
-            for line_no, (pix, vote) in enumerate(zip(pix_rows, vote_rows), start=2):
+            for line_no, (pix, vote) in enumerate(zip_longest(pix_rows, vote_rows), start=2):
+                if pix is None or vote is None:
+                    ended, goes_on = (pixels_file, labels_file) if pix is None else (labels_file, pixels_file)
+                    raise DataError(f"{ended} ends at line {line_no - 1} but {goes_on} goes on (line {line_no}): "
+                                    "the two files must pair row by row, so they need the same number of rows")
+                if _owner(pix, vote) != split:
+                    continue
                 if len(vote) != 12:
                     policy.bad(f"{labels_file}:{line_no}", "malformed line", f"{len(vote)} fields, expected 12")
-                    continue
-                if vote[0] != USAGE[split] and pix[2:3] != [USAGE[split]]:
                     continue
                 if vote[0] != (pix[2] if len(pix) > 2 else None):
                     policy.bad(f"{labels_file}:{line_no}", "malformed line",
@@ -114,10 +131,6 @@ def ferplus_split(cfg: DictConfig, split: str) -> FERData:
                 emotions = np.where(votes[:8] <= 1, 0, votes[:8]).astype(np.float64)
                 dist = emotions / emotions.sum() if emotions.sum() > 0 else np.eye(8)[winner]
                 rows.append((vote[1], FERPLUS_VOTE_TO_CANONICAL[winner], dist, grey))
-            extra_pix = next(pix_rows, None)
-            extra_vote = next(vote_rows, None)
-            if (extra_pix is None) != (extra_vote is None):
-                raise DataError(f"{pixels_file} and {labels_file} have different numbers of rows")
         if not rows:
             raise DataError(f"{labels_file}: no usable {USAGE[split]} rows: the {split} split is empty")
         images = alloc(len(rows), size, size)
