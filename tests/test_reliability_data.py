@@ -217,3 +217,33 @@ def test_ferplus_bad_row_is_counted_once(tmp_path):
     reports = {split: d.info["skipped"] for split, d in splits.items() if d.info.get("skipped")}
     assert list(reports) == ["val"] and reports["val"]["total"] == 1
     assert "fer2013new.csv:6: malformed line: 11 fields" in reports["val"]["examples"][0]
+
+
+def manifest_with(tmp_path, path_of_first):
+    folder = tmp_path / "data"
+    lines = ["path,label,split"]
+    for i in range(7):
+        formats.jpeg(folder / "img" / f"{i}.jpg", size=40)
+        lines.append(f"{path_of_first if i == 0 else f'img/{i}.jpg'},{i},train")
+    manifest = folder / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_manifest_path_outside_its_folder_is_refused(tmp_path, kind):
+    outside = tmp_path / "secret.jpg"
+    formats.jpeg(outside, size=40)
+    if kind == "symlink":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "link.jpg").symlink_to(outside)
+    raw = {"dotdot": "../secret.jpg", "absolute": str(outside), "symlink": "link.jpg"}[kind]
+    manifest = manifest_with(tmp_path, raw)
+    cfg = load_config(None, ["data.name=manifest", f"data.root={manifest}", "data.num_classes=7",
+                             "data.image_size=32", "log.progress=false", "data.val_fraction=0"])
+    for on_error in ("raise", "skip"):
+        cfg.data.on_error = on_error
+        with pytest.raises(DataError, match=rf"m.csv:2: image path '{re.escape(raw)}' leads outside"):
+            build_splits(cfg, ("train",))
+    cfg.data.manifest = {"allow_outside_root": True}
+    assert len(build_splits(cfg, ("train",))["train"]) == 7

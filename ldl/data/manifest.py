@@ -3,7 +3,10 @@
 Header columns: path, label, split (train / val / test), optionally valence, arousal, and
 distribution columns p_<Class> named in the canonical order (p_Neutral ... p_Contempt).
 `label` is a canonical class name (case-insensitive) or index 0..7; relative paths are
-resolved against the manifest's folder.  data.root is the manifest file.
+resolved against the manifest's folder.  data.root is the manifest file.  A path that leads
+outside the manifest's folder (`../x.jpg`, an absolute path elsewhere, a symlink out of it) is
+an error naming the line unless data.manifest.allow_outside_root is set: a manifest passed
+around must not make a run read arbitrary files.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ldl.data.loading import DataError, ErrorPolicy, cached_split, check_classes
 
 BY_NAME = {name.lower(): i for i, name in enumerate(CLASSES)}
 DIST_COLUMNS = [f"p_{name}" for name in CLASSES]
+SPLITS = ("train", "val", "test")
 
 
 def _label(raw: str) -> int | None:
@@ -32,11 +36,22 @@ def _label(raw: str) -> int | None:
     return None
 
 
+def image_path(raw: str, manifest: Path, where: str, allow_outside_root: bool = False) -> Path:
+    """A row's image, relative to the manifest's folder; refused if it resolves outside it."""
+    path = manifest.parent / raw   # an absolute `raw` replaces the folder
+    root = manifest.parent.resolve()
+    if not allow_outside_root and not path.resolve().is_relative_to(root):
+        raise DataError(f"{where}: image path {raw!r} leads outside the manifest's folder {root} "
+                        f"(to {path.resolve()}); set data.manifest.allow_outside_root=true to read it")
+    return path
+
+
 @register_dataset("manifest")
 def manifest_split(cfg: DictConfig, split: str) -> FERData:
     if not cfg.data.root:
         raise DataError("data.root must be the manifest CSV file for data.name=manifest")
     manifest = require_file(Path(cfg.data.root).expanduser(), "manifest")
+    allow_outside_root = bool((cfg.data.get("manifest") or {}).get("allow_outside_root", False))
 
     def build(alloc, policy: ErrorPolicy) -> FERData:
         with open(manifest, newline="") as f:
@@ -50,13 +65,14 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
             rows = []
             for line_no, row in enumerate(reader, start=2):
                 where = f"{manifest}:{line_no}"
+                # each build reports only its own split's bad rows (a row without one: train's)
+                if (row.get("split") if row.get("split") in SPLITS else "train") != split:
+                    continue
                 if None in row or any(v is None for v in row.values()):
                     policy.bad(where, "malformed line", "wrong number of fields")
                     continue
-                if row["split"] not in ("train", "val", "test"):
+                if row["split"] not in SPLITS:
                     policy.bad(where, "malformed line", f"split {row['split']!r} (train, val or test)")
-                    continue
-                if row["split"] != split:
                     continue
                 label = _label(row["label"])
                 if label is None:
@@ -82,19 +98,18 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
                     if (dist < 0).any() or not math.isclose(dist.sum(), 1, abs_tol=1e-3):
                         policy.bad(where, "malformed line", "distribution columns must be >= 0 and sum to 1")
                         continue
-                path = Path(row["path"])
-                rows.append((path if path.is_absolute() else manifest.parent / path, label, va, dist))
+                rows.append((image_path(row["path"], manifest, where, allow_outside_root), label, va, dist, where))
         if not rows:
             raise DataError(f"{manifest}: no '{split}' rows: the {split} split is empty")
         images, kept = decode_into(alloc, [r[0] for r in rows], cfg.data.image_size, policy,
-                                   f"decode manifest {split}", cfg.log.progress)
+                                   f"decode manifest {split}", cfg.log.progress, origins=[r[4] for r in rows])
         rows = [r for r, k in zip(rows, kept) if k]
         return FERData(images=images, labels=np.array([r[1] for r in rows], dtype=np.int64), num_classes=8,
                        names=np.array([str(r[0]) for r in rows]),
                        va=np.array([r[2] for r in rows], dtype=np.float32) if has_va else None,
                        dist=np.stack([r[3] for r in rows]).astype(np.float32) if dist_cols else None)
 
-    data = cached_split(cfg, split, [manifest], {}, build)
+    data = cached_split(cfg, split, [manifest], {"allow_outside_root": allow_outside_root}, build)
     if split == "train":
         check_classes(data, f"{manifest} train")
     return data
