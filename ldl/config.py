@@ -12,6 +12,8 @@ from typing import Any, Iterable
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ldl.schedule import SCHEDULE_KEYS, is_fraction
+
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 BASE_KEY = "_base_"
 
@@ -42,6 +44,8 @@ def _check_keys(new: dict, schema: dict[str, Any], source: str) -> None:
 
 def _check_type(key: str, default: Any, value: Any, source: str) -> None:
     if default is None or value is None:
+        return
+    if key in SCHEDULE_KEYS and is_fraction(value):  # a fraction of training: 'a/b' or 'p%'
         return
     if isinstance(default, dict) != isinstance(value, dict):
         raise ConfigError(f"{source}: '{key}' must be {'a mapping' if isinstance(default, dict) else 'a value'}")
@@ -119,8 +123,23 @@ def _nest(key: str, value: Any) -> dict:
     return node
 
 
+PROTOCOLS = ("shared", "paper")
+
+
+def paper_recipe(method: str) -> dict:
+    """The authors' recipe of a method (its file's PAPER_RECIPE)."""
+    from ldl.methods import METHODS
+    if method not in METHODS:
+        raise ConfigError(f"unknown method.name '{method}'; available: {sorted(METHODS)}")
+    return METHODS[method].PAPER_RECIPE
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> DictConfig:
-    """Package defaults <- config file chain <- dotted overrides, every key checked."""
+    """Package defaults <- config file chain <- dotted overrides, every key checked.  Under
+    `protocol: paper` the method's recipe goes between the files and the overrides: it replaces
+    the files' optimiser, batch, augmentation and schedule settings, and an override still wins
+    (e.g. an ablation of one setting)."""
+    overrides = list(overrides)
     defaults = read_yaml(DEFAULTS_PATH)
     schema = _flat_keys(defaults)
     cfg = OmegaConf.create(defaults)
@@ -128,7 +147,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         for file_path, data in _file_chain(Path(path)):
             _check_keys(data, schema, str(file_path))
             cfg = OmegaConf.merge(cfg, data)
-    return _apply_overrides(cfg, schema, overrides)
+    resolved = _apply_overrides(cfg, schema, overrides)
+    if resolved.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {resolved.protocol!r}")
+    if resolved.protocol == "shared":
+        return resolved
+    recipe = paper_recipe(resolved.method.name)
+    _check_keys(recipe, schema, f"paper recipe of {resolved.method.name}")
+    return _apply_overrides(OmegaConf.merge(cfg, recipe), schema, overrides)
 
 
 def _apply_overrides(cfg: DictConfig, schema: dict[str, Any], overrides: Iterable[str]) -> DictConfig:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ldl.data.dataset import BatchLoader
 from ldl.methods.base import Method
-from ldl.metrics import classification_metrics, distribution_metrics
+from ldl.metrics import classification_metrics, distribution_metrics, noise_detection_metrics
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -44,6 +44,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader: BatchLoader, optim
     seen, correct, start = 0, torch.zeros((), device=device), time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not (progress and _is_main()), unit="batch")
     for step, batch in enumerate(bar):
+        method.step_in_epoch = step  # the clock of step-granular schedules (Method.progress)
         with autocast(device, amp):
             out = method.training_step(model, batch, epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -107,6 +108,48 @@ def predict_logits(model: nn.Module, method: Method, loader: BatchLoader, device
     logits_t, index_t = torch.cat(logits), torch.cat(index)
     logits_t, index_t = _gather(logits_t, len(loader.data)), _gather(index_t, len(loader.data))
     return logits_t.cpu().numpy(), index_t.cpu().numpy()
+
+
+@torch.no_grad()
+def score_training_set(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
+                       amp: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The scoring pass: eval mode, un-augmented images (an eval loader over the training split).
+    Softmax predictions [N, C] and the method's network scores (`Method.score`), in sample order."""
+    model.eval(), method.eval()
+    logits, index, scores = [], [], {}
+    for batch in loader:
+        with autocast(device, amp):
+            batch_logits, batch_scores = method.score(model, batch["image"])
+        logits.append(batch_logits.float())
+        index.append(batch["index"])
+        for key, value in batch_scores.items():
+            scores.setdefault(key, []).append(value.float())
+    count = len(loader.data)
+    order = _gather(torch.cat(index), count).cpu().numpy().argsort()
+    probs = torch.softmax(_gather(torch.cat(logits), count), 1).cpu().numpy()[order]
+    return probs, {k: _gather(torch.cat(v), count).cpu().numpy()[order] for k, v in scores.items()}
+
+
+def training_fit(probs: np.ndarray, labels: np.ndarray, clean_labels: np.ndarray | None,
+                 scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """How the network fits its training labels: the fraction of samples predicted as their given
+    label, separately for clean and noisy samples (memorisation: the noisy fit rising late in
+    training), and the noise-detection AUROC of each score (the small-loss score 1 - p(given),
+    and the method's own)."""
+    pred = probs.argmax(1)
+    fits_given = pred == labels
+    out = {"fit_given": float(fits_given.mean())}
+    if clean_labels is None:
+        return out
+    noisy = labels != clean_labels
+    if noisy.all() or not noisy.any():
+        return out
+    out.update(fit_noisy=float(fits_given[noisy].mean()), fit_clean=float(fits_given[~noisy].mean()),
+               recover_noisy=float((pred[noisy] == clean_labels[noisy]).mean()))
+    small_loss = 1 - probs[np.arange(len(labels)), labels]
+    for key, score in {"model_noise_score": small_loss, **scores}.items():
+        out[f"auroc_{key}"] = noise_detection_metrics(np.asarray(score, dtype=float), noisy)["noise_auroc"]
+    return out
 
 
 def predict_probs(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,

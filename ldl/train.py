@@ -6,7 +6,6 @@ latest checkpoint and ends with the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import random
 import time
@@ -22,10 +21,12 @@ from ldl import checkpoint
 from ldl.config import config_from_dict
 from ldl.data import BatchLoader, FERData, build_splits
 from ldl.data.augment import BatchAugment
-from ldl.engine import evaluate, predict_probs, train_one_epoch
+from ldl.engine import evaluate, score_training_set, train_one_epoch, training_fit
 from ldl.methods.base import Method, MethodContext, build_method
 from ldl.metrics import noise_detection_metrics
 from ldl.models import FERNet, build_model
+from ldl.optim import build_optimizer, build_scheduler
+from ldl.schedule import schedule_table
 from ldl.tracking import RunRecorder
 
 SCALAR_TYPES = (int, float)
@@ -62,32 +63,6 @@ def seed_everything(cfg: DictConfig) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     elif on_cuda:
         torch.backends.cudnn.benchmark = True
-
-
-def build_optimizer(cfg: DictConfig, params: list) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    raise ValueError(f"unknown optim.name '{o.name}' (adam, adamw, sgd)")
-
-
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Linear warm-up then cosine decay to min_lr_ratio * lr, stepped every iteration."""
-    total = max(1, cfg.optim.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(cfg.optim.warmup_epochs * steps_per_epoch))
-    floor = cfg.optim.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
@@ -137,7 +112,9 @@ class Job:
                             train_images=(self.train_loader.images if self.train_loader is not None
                                           and isinstance(self.train_loader.images, torch.Tensor) else None))
         self.method: Method = build_method(cfg, ctx)
-        self.optimizer = build_optimizer(cfg, list(self.model.parameters()) + self.method.model_parameters())
+        if self.train_loader is not None:
+            self.train_loader.flip_view = self.method.flip_view
+        self.optimizer = build_optimizer(cfg, self.model, self.method)
         self.scheduler = build_scheduler(cfg, self.optimizer, steps)
         self.net = self.model
         if self.world > 1:
@@ -182,26 +159,51 @@ class Job:
         checkpoint.set_rng_state(state["rng"])
 
 
+DETECTION_NOTE = ("noise_score: the method's own score, from the scoring pass after training (eval mode, "
+                  "un-augmented training images) where it comes from the network (SCN, RUL), else its learned "
+                  "per-sample state (LDLVA 1 - l_i, SLM-AEA 1 - q_i(y_i)); model_noise_score: the small-loss "
+                  "score 1 - p(given label) from the same pass; train_pass_noise_score: SCN's and RUL's score "
+                  "as last seen in training (augmented, training mode). Reports use noise_score where present.")
+
+
+def scoring_pass(job: Job, loader: BatchLoader) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Predictions on the un-augmented training set and the method's noise score: from the pass
+    itself (SCN, RUL) or from its learned per-sample state (LDLVA, SLM-AEA)."""
+    probs, scores = score_training_set(job.net, job.method, loader, job.device, job.amp)
+    exports = job.method.sample_exports()
+    if "noise_score" not in scores and "noise_score" in exports:
+        scores["noise_score"] = exports["noise_score"]
+    return probs, {**exports, **scores}
+
+
+def wants_train_pass(cfg: DictConfig, train: FERData) -> bool:
+    setting = cfg.eval.train_pass
+    if setting == "auto":
+        return train.clean_labels is not None and bool(train.is_noisy.any())
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"eval.train_pass must be auto, true or false, got {setting!r}")
+
+
 def _export_samples(job: Job, path: Path) -> dict:
-    """Per-training-sample CSV (label, clean label, the model's small-loss score and every
-    method export) and the noise-detection scores of each 1-d score when clean labels exist."""
+    """Per-training-sample CSV (label, clean label, the small-loss score and every method
+    export) and the noise-detection scores of each 1-d score when clean labels exist."""
     train = job.splits["train"]
-    probs, index = predict_probs(job.net, job.method, job.eval_loader("train"), job.device, job.amp)
-    order = np.argsort(index)
-    probs = probs[order]
+    probs, exports = scoring_pass(job, job.eval_loader("train"))
     columns: dict[str, np.ndarray] = {"name": train.names, "label": train.labels}
     if train.clean_labels is not None:
         columns["clean_label"] = train.clean_labels
     columns["model_noise_score"] = 1 - probs[np.arange(len(train)), train.labels]
-    for key, value in job.method.sample_exports().items():
+    for key, value in exports.items():
         if value.ndim == 1:
             columns[key] = value
         else:
             for c in range(value.shape[1]):
                 columns[f"{key}_{c}"] = value[:, c]
-    detection = {}
+    detection: dict[str, Any] = {}
     if train.clean_labels is not None and train.is_noisy.any():
-        for key in ("model_noise_score", "noise_score"):
+        detection["scores"] = DETECTION_NOTE
+        for key in ("model_noise_score", "noise_score", "train_pass_noise_score"):
             if key in columns:
                 detection[key] = noise_detection_metrics(np.asarray(columns[key], dtype=float), train.is_noisy)
         if "mined_label" in columns:  # label recovery by methods that rewrite labels (SLM, SCN)
@@ -265,6 +267,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     else:
         job.method.on_train_start(job.net, splits["train"])
     eval_loaders = {split: job.eval_loader(split) for split in cfg.eval.splits}
+    train_pass_loader = job.eval_loader("train") if wants_train_pass(cfg, splits["train"]) else None
 
     def evaluate_splits() -> dict[str, dict]:
         return {split: evaluate(job.net, job.method, loader, job.device, job.amp, cfg.eval.ece_bins)
@@ -277,6 +280,10 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         stats = train_one_epoch(job.net, job.method, job.train_loader, job.optimizer, job.scheduler, epoch,
                                 job.device, job.amp, cfg.optim.grad_clip, cfg.log.progress)
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if train_pass_loader is not None:  # memorisation: fit of noisy vs clean training labels
+            probs, exports = scoring_pass(job, train_pass_loader)
+            own = {"noise_score": exports["noise_score"]} if "noise_score" in exports else {}
+            record["train_pass"] = training_fit(probs, splits["train"].labels, splits["train"].clean_labels, own)
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
             eval_start = time.perf_counter()
             last_eval = evaluate_splits()
@@ -299,7 +306,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
     train = splits["train"]
     summary = {
         "run_dir": str(run_dir), "dataset": cfg.data.name, "method": cfg.method.name, "seed": int(cfg.seed),
-        "epochs": epochs, "reported": "last epoch (final); best_val = epoch with the best validation accuracy",
+        "protocol": cfg.protocol, "epochs": epochs, "schedules": schedule_table(cfg), "reported": "last epoch (final); best_val = epoch with the best validation accuracy",
         "final": {"epoch": epochs, **last_eval},
         "best_val": best,
         "train_time_s": time.perf_counter() - train_start,

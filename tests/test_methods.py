@@ -131,7 +131,7 @@ def test_eac_consistency_trains_features_not_the_classifier():
     model = build_model("resnet18", 4, width=8, stem="small")
     ctx = MethodContext(num_classes=4, num_train=8, feature_dim=64, epochs=1, steps_per_epoch=1, batch_size=8,
                         device=torch.device("cpu"))
-    method = EAC(OmegaConf.create({"lam": 5.0}), ctx)
+    method = EAC(OmegaConf.create({"lam": 5.0, "independent_erasing": True}), ctx)
     batch = {"image": torch.randn(8, 3, 32, 32), "label": torch.zeros(8, dtype=torch.long)}
     out = method.training_step(model, batch, 0)
     consistency_only = out.loss - F.cross_entropy(out.logits, batch["label"])
@@ -144,7 +144,7 @@ def test_eac_consistency_trains_features_not_the_classifier():
 def test_each_peer_trains_and_exports(tmp_path, name):
     summary = run_training(load_config(None, tiny(tmp_path / "r", f"method.name={name}", "optim.epochs=1",
                                                   "data.noise.type=symmetric", "data.noise.rate=0.2",
-                                                  "method.scn.relabel_epoch=1")))
+                                                  "method.scn.relabel_start=0")))
     assert 0 <= summary["final"]["test"]["accuracy"] <= 1
     assert "model_noise_score" in summary["noise_detection"]
     if name in ("scn", "rul"):
@@ -160,7 +160,7 @@ def test_each_method_trains_under_bf16_autocast(tmp_path, name):
     summary = run_training(load_config(None, tiny(
         tmp_path / "r", f"method.name={method}", f"method.ldlva.mode={mode or 'fast'}", "amp_cpu=true",
         "optim.epochs=2", "data.synthetic.num_train=192", "data.synthetic.num_val=64", "data.synthetic.num_test=64",
-        "model.width=8", "method.scn.relabel_epoch=1", "method.slm_aea.beta=1.0",
+        "model.width=8", "method.scn.relabel_start=0", "method.slm_aea.beta=1.0",
         "data.noise.type=symmetric", "data.noise.rate=0.2")))
     state = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
     assert all(t.dtype != torch.bfloat16 for t in state["method"].values() if isinstance(t, torch.Tensor))

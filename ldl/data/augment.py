@@ -29,6 +29,10 @@ class BatchAugment:
     erase_ratio: tuple[float, float] = (0.3, 3.3)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.erase(self.geometric(images, generator), generator)
+
+    def geometric(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Flip and pad-crop."""
         n, _, h, w = images.shape
         dev = images.device
         if self.flip:
@@ -44,11 +48,12 @@ class BatchAugment:
             batch = torch.arange(n, device=dev)[:, None, None, None]
             chans = torch.arange(images.shape[1], device=dev)[None, :, None, None]
             images = padded[batch, chans, rows, cols]
-        if self.erase_p > 0:
-            images = self._erase(images, generator)
         return images
 
-    def _erase(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def erase(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random erasing of one rectangle per image with probability erase_p."""
+        if self.erase_p <= 0:
+            return images
         n, _, h, w = images.shape
         area = h * w * torch.empty(n).uniform_(*self.erase_scale, generator=generator)
         log_r = torch.empty(n).uniform_(*torch.tensor(self.erase_ratio).log().tolist(), generator=generator)

@@ -72,16 +72,18 @@ class BatchLoader:
     """Shuffled (train) or ordered (eval) batches as dicts of tensors on `device`.
 
     Keys: image (float, normalised, NCHW), label, index, and when present clean_label, dist,
-    va, soft, subset, landmarks.  Each epoch's order and augmentation come from a generator
+    va, soft, subset, landmarks.  With `flip_view` (EAC) a training batch also holds
+    image_flipped: the mirror of each image before erasing, erased independently.  Each epoch's order and augmentation come from a generator
     seeded by (seed, epoch), so a resumed run replays exactly the batches it would have seen.
     """
 
     def __init__(self, data: FERData, batch_size: int, device: torch.device, train: bool,
                  seed: int = 0, augment: BatchAugment | None = None, gpu_resident: bool = True,
                  drop_last: bool | None = None, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, flip_view: bool = False) -> None:
         self.data, self.batch_size, self.device, self.train = data, batch_size, device, train
         self.seed, self.augment, self.channels_last = seed, augment, channels_last
+        self.flip_view = flip_view
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -129,12 +131,16 @@ class BatchLoader:
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             images = self._gather_images(index).permute(0, 3, 1, 2)  # NHWC uint8 -> NCHW
             images = images.float().div_(255)
+            views = {"image": images}
             if self.train and self.augment is not None:
-                images = self.augment(images, generator)
-            images = normalize(images)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = self.augment.geometric(images, generator)
+                views["image"] = self.augment.erase(images, generator)
+                if self.flip_view:
+                    views["image_flipped"] = self.augment.erase(images.flip(-1), generator)
             dev_index = index.to(self.device)
-            batch = {"image": images, "index": dev_index}
+            batch = {"index": dev_index}
+            for key, view in views.items():
+                view = normalize(view)
+                batch[key] = view.contiguous(memory_format=torch.channels_last) if self.channels_last else view
             batch.update({k: v[dev_index] for k, v in self.fields.items()})
             yield batch

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ldl.data.dataset import FERData
+from ldl.schedule import to_epochs
 
 
 @dataclass
@@ -54,10 +55,27 @@ class Method(nn.Module):
     per_sample_buffers: tuple[str, ...] = ()  # [N, ...] state written at the batch's indices
     shared_buffers: tuple[str, ...] = ()      # global state every rank updates (averaged, as are
                                               # the buffers of submodules, e.g. BatchNorm statistics)
+    flip_view = False   # True: training batches also carry image_flipped, erased independently (EAC)
+
+    # The authors' recipe, applied on top of the config under `protocol: paper` (see ldl.config):
+    # optimiser, per-group learning rates, batch, augmentation, schedule shape.  Empty: the
+    # shared recipe is the method's own (CE).
+    PAPER_RECIPE: dict = {}
 
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__()
         self.cfg, self.num_classes = cfg, ctx.num_classes
+        self.total_epochs, self.steps_per_epoch = ctx.epochs, max(1, ctx.steps_per_epoch)
+        self.step_in_epoch = 0   # set by the engine before each step
+
+    def progress(self, epoch: int) -> float:
+        """Training progress in epochs at the current step (epoch 2, step 50 of 100: 2.5), the
+        clock of every schedule (see ldl.schedule)."""
+        return epoch + self.step_in_epoch / self.steps_per_epoch
+
+    def schedule(self, value: float | str) -> float:
+        """A schedule setting (epochs, 'a/b' or 'p%' of training) in epochs of this run."""
+        return to_epochs(value, self.total_epochs)
 
     def training_step(self, model: nn.Module, batch: dict, epoch: int) -> StepOutput:
         out = model(batch["image"])
@@ -68,8 +86,21 @@ class Method(nn.Module):
         """Logits at evaluation; must not depend on the other images in the batch."""
         return model(images)["logits"]
 
+    @torch.no_grad()
+    def score(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eval-mode logits and per-sample scores for un-augmented training images (the scoring
+        pass after each epoch and at the end).  A method whose noise score comes from the network
+        (SCN's attention, RUL's confidence) returns it as 'noise_score' (higher = more likely
+        mislabelled); learned per-sample state (LDLVA's l_i, SLM's mined labels) needs no pass
+        and is exported by `sample_exports`."""
+        return self.predict(model, images), {}
+
     def extra_optimizers(self) -> list[torch.optim.Optimizer]:
         return []
+
+    def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The layer that gives the logits (its own learning rate: optim.lr_mult.classifier)."""
+        return list(unwrap(model).fc.parameters())
 
     def model_parameters(self) -> list[nn.Parameter]:
         """Method parameters trained by the model's optimiser (all but per-sample ones)."""

@@ -11,20 +11,34 @@ For a training sample i with given label y_i and auxiliary point a_i (VA by defa
   d_i         sum_k s_ik zeta_ik p_k / sum_k s_ik zeta_ik, p_k the network's prediction for
               neighbour k (no gradient through p_k)
   t_i         l_i onehot(y_i) + (1 - l_i) d_i,  l_i = sigmoid(theta_i) learnable per sample,
-              theta_i initialised to 0.5 (the public code's lamb_init, so l_i starts at 0.62),
-              optimised by its own SGD (lr 10, no momentum)
-  loss        CE(t_i, p_i) + gamma L_D, gamma = 0.01
-  L_D         public code's discriminative loss: 0.5 * mean_i l_i ||f_i - c_{y_i}||^2 with l_i
-              detached; class centres c (zero-initialised) move by their own SGD (lr 0.5)
-              toward their samples and apart by 0.1 * grad of sum_{j!=k} exp(-||c_j - c_k||^2 / D)
+              theta_i initialised to the public code's lamb_init, a logit (RAF-DB 0.5: l_i starts
+              at 0.62; AffectNet 0.8: 0.69), optimised by its own SGD (lr 10; momentum 0 on RAF-DB,
+              0.9 on AffectNet) that, like TF's sparse update, moves only the batch's rows
+  loss        CE(t_i, p_i) + gamma L_D, gamma = 0.01; on AffectNet the CE is class-weighted
+              (`class_weights`: w_c = N / (C n_c), sklearn's "balanced"; the weighted sum over the
+              batch is divided by B, as the public code's create_sample_weights + CELoss do)
+  L_D         public code's discriminative loss (src/utils.py) over the batch AND its K neighbours:
+              0.5 * sum_{j in batch + neighbours} l_j ||f_j - c_{y_j}||^2 / (B (1 + K)), l_j detached,
+              y_j the given labels; the neighbours' features carry no gradient (computed outside
+              the GradientTape), so the gradient on a batch feature is l_i (f_i - c_{y_i}) / (B (1+K)).
+              Class centres c (zero-initialised) move by their own SGD (lr 0.5) toward their
+              samples and apart by 0.1 * grad of sum_{j!=k} exp(-||c_j - c_k||^2 / D)
 1 - l_i is the sample's label uncertainty: exported per sample and scored as a noise detector.
 
-Warm-up (not in the paper): for `warmup_epochs` epochs the target is the one-hot label and the
-weights l_i stay frozen.  The paper starts from MS-Celeb weights, so the neighbours' predictions
+Recipe (PAPER_RECIPE, config_resnet18_raf.py): Adam 1e-3 without weight decay, batch 32, 60 epochs
+with the lr x 0.1 at epochs 10, 20 and 40, random erasing p = 0.5, the l1 similarity.
+
+Warm-up (not in the paper): for `warmup_epochs` (epochs or a fraction of training) the target is
+the one-hot label and the weights l_i stay frozen.  The paper starts from MS-Celeb weights, so the neighbours' predictions
 mean something from the first step; from random weights they are the network's own guesses, and
 d loss / d l_i = sum_c d_ic log p_ic - log p_iy > 0 for every sample the untrained network does
 not predict, so l falls, the target becomes the network's prediction and training can collapse
 to the majority class.  Default 0 (the paper); the from-scratch synthetic configs use 1.
+
+Neighbours in feature space (`space=features`) are first searched in the starting network's
+features; they are searched again at the first epoch boundary after the warm-up and every
+`refresh_every` epochs (default off), the similarities with them.  The neighbour table is a
+buffer, so checkpoints and resumes keep the current one.
 
 Modes.  faithful: neighbour images are forwarded through the network at every step (no grad),
 so a batch of B costs (K+1)B forward images, as in the paper; they are gathered from the
@@ -33,6 +47,8 @@ features come from a per-sample memory bank refreshed whenever a sample is in a 
 is filled once before training and is part of the checkpoint.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -79,17 +95,73 @@ def target_distribution(labels: torch.Tensor, weight: torch.Tensor, aggregated: 
     return weight[:, None] * onehot + (1 - weight[:, None]) * aggregated
 
 
+class RowSparseSGD(torch.optim.Optimizer):
+    """SGD with momentum on per-sample parameters that moves only the rows with a gradient this
+    step (the batch's samples), as TF's sparse update does for the public code's gathered lambda
+    (ResourceSparseApplyKerasMomentum).  torch's dense SGD would keep moving every theta_i by its
+    momentum long after its sample was last seen.  A visited row whose gradient is exactly 0 counts
+    as unvisited (it then keeps its momentum instead of applying it)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows = p.grad.ne(0).reshape(len(p), -1).any(1).nonzero().squeeze(1)
+                update = p.grad[rows]
+                if group["momentum"]:
+                    buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                    buffer[rows] = group["momentum"] * buffer[rows] + update
+                    update = buffer[rows]
+                p[rows] -= group["lr"] * update
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """sklearn's compute_class_weight('balanced'): w_c = N / (C n_c) over the classes present."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+def discriminative_loss(feats: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                        neighbour_feats: torch.Tensor, neighbour_labels: torch.Tensor,
+                        neighbour_weight: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """0.5 * sum_j l_j ||f_j - c_{y_j}||^2 / (B (1 + K)) over the batch [B, D] and its neighbours
+    [B, K, D]; only the batch rows carry gradient (the public code's DCM loss)."""
+    b, k, d = neighbour_feats.shape
+    batch_term = (weight[:, None] * (feats - centres[labels]) ** 2).sum()
+    nf, nl = neighbour_feats.reshape(b * k, d).detach(), neighbour_labels.flatten()
+    neighbour_term = (neighbour_weight.flatten()[:, None] * (nf - centres[nl]) ** 2).sum()
+    return 0.5 * (batch_term + neighbour_term) / (b * (1 + k))
+
+
 @register_method("ldlva")
 class LDLVA(Method):
+    PAPER_RECIPE = {
+        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 32, "warmup_epochs": 0,
+                  "schedule": "step", "milestones": ["10/60", "20/60", "40/60"], "step_gamma": 0.1},
+        "data": {"augment": {"flip": True, "erase_p": 0.5}},
+        "method": {"ldlva": {"k": 8, "similarity": "l1", "l1_scale": 0.5, "gamma": 0.01, "init_logit": 0.5,
+                             "lambda_lr": 10.0, "lambda_momentum": 0.0, "class_weights": False}},
+    }
     per_sample_buffers = ("bank_probs", "bank_feats")
     shared_buffers = ("centres",)
+
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         if cfg.mode not in ("fast", "faithful"):
             raise ValueError(f"method.ldlva.mode must be 'fast' or 'faithful', got {cfg.mode!r}")
         n, c, d, k = ctx.num_train, ctx.num_classes, ctx.feature_dim, cfg.k
+        self.warmup = self.schedule(cfg.warmup_epochs)
+        self.refresh_every = self.schedule(cfg.refresh_every) if cfg.refresh_every is not None else None
         self.theta = nn.Parameter(torch.full((n,), float(cfg.init_logit)))
-        self.lambda_optimizer = torch.optim.SGD([self.theta], lr=cfg.lambda_lr, momentum=cfg.lambda_momentum)
+        self.lambda_optimizer = RowSparseSGD([self.theta], lr=cfg.lambda_lr, momentum=cfg.lambda_momentum)
         self.calibration = CalibrationNet(d)
         self.register_buffer("neighbours", torch.zeros((n, k), dtype=torch.long))
         self.register_buffer("similarity", torch.ones((n, k)))
@@ -101,6 +173,10 @@ class LDLVA(Method):
             ctx.train_data.images if ctx.train_data is not None else None)
         self.train_labels = (torch.from_numpy(ctx.train_data.labels).to(ctx.device)
                              if ctx.train_data is not None else None)
+        weights = (balanced_class_weights(ctx.train_data.labels, c) if cfg.class_weights and ctx.train_data is not None
+                   else np.ones(c))
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.train_data = ctx.train_data
 
     # ------------------------------------------------------------------ neighbours
     def auxiliary_space(self, model: nn.Module, data: FERData) -> np.ndarray:
@@ -118,12 +194,28 @@ class LDLVA(Method):
             return self._forward_all(model, len(data))[1].cpu().numpy()
         raise ValueError(f"method.ldlva.space must be va, soft or features, got {space!r}")
 
-    def on_train_start(self, model: nn.Module, train_data: FERData) -> None:
+    def search_neighbours(self, model: nn.Module, train_data: FERData) -> None:
         aux = self.auxiliary_space(model, train_data)
         neighbours = knn(aux, self.cfg.k, self.cfg.knn_backend)
         scale = self.cfg.delta if self.cfg.similarity == "gaussian" else self.cfg.l1_scale
         self.neighbours.copy_(torch.from_numpy(neighbours))
         self.similarity.copy_(torch.from_numpy(local_similarity(aux, neighbours, self.cfg.similarity, scale)))
+
+    def refreshes_at(self, epoch: int) -> bool:
+        """Feature-space neighbours are searched again at the first epoch boundary after the
+        warm-up and every `refresh_every` epochs."""
+        if self.cfg.space != "features" or epoch == 0:
+            return False
+        after_warmup = self.warmup > 0 and epoch == math.ceil(self.warmup)
+        periodic = self.refresh_every is not None and epoch % max(1, round(self.refresh_every)) == 0
+        return after_warmup or periodic
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        if self.refreshes_at(epoch):
+            self.search_neighbours(model, self.train_data)
+
+    def on_train_start(self, model: nn.Module, train_data: FERData) -> None:
+        self.search_neighbours(model, train_data)
         if self.cfg.mode == "fast":
             probs, feats = self._forward_all(model, len(train_data))
             self.bank_probs.copy_(probs)
@@ -167,11 +259,13 @@ class LDLVA(Method):
         zeta = self.calibration(feats, f_k)
         d = aggregate(p_k, self.similarity[index], zeta)
         learned = torch.sigmoid(self.theta[index])
-        weight = torch.ones_like(learned) if epoch < self.cfg.warmup_epochs else learned  # warm-up: one-hot
+        warming_up = self.progress(epoch) < self.warmup
+        weight = torch.ones_like(learned) if warming_up else learned  # warm-up: one-hot
         target = target_distribution(labels, weight, d)
-        ce = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+        ce = (self.class_weights[labels] * -(target * F.log_softmax(logits, 1)).sum(1)).mean()
         w = learned.detach()
-        centre_loss = 0.5 * (w[:, None] * (feats - self.centres[labels]) ** 2).sum() / len(labels)
+        w_k = torch.sigmoid(self.theta.detach()[neighbours])
+        centre_loss = discriminative_loss(feats, labels, w, f_k, self.train_labels[neighbours], w_k, self.centres)
         loss = ce + self.cfg.gamma * centre_loss
         self.bank_probs[index] = torch.softmax(logits.detach(), 1)
         self.bank_feats[index] = feats.detach()

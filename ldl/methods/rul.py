@@ -6,9 +6,10 @@ Linear -> BN1d, 64-d) give an embedding mu_i and a log-scale s_i; a_i = mean(exp
 sample's confidence.  Pairs (i, j = a random permutation of the batch) are mixed:
   w_i = a_i / (a_i + a_j),  z = w_i mu_i + w_j mu_j,  loss = 0.5 CE(fc(z), y_i) + 0.5 CE(fc(z), y_j)
 so a sample whose label the network finds hard to fit learns a small a_i.  At evaluation the
-prediction is fc(mu_i).  The public code trains the backbone at lr 2e-4 and the classifier at
-2e-3; here both use optim.lr (one learning rate for every method).  -log a_i is the exported
-noise score.
+prediction is fc(mu_i).  The public code trains backbone and heads at lr 2e-4 and the classifier at
+2e-3 (PAPER_RECIPE: optim.lr_mult.classifier = 10).  The noise score -log a_i comes from the
+scoring pass (eval mode: no dropout, un-augmented images); the last training pass's a_i is
+exported beside it.
 """
 from __future__ import annotations
 
@@ -32,7 +33,17 @@ def relative_mix(mu: torch.Tensor, confidence: torch.Tensor, perm: torch.Tensor)
 
 @register_method("rul")
 class RUL(Method):
+    # src/main.py: Adam([{res18 incl. heads}, {fc, lr 0.002}], lr=0.0002, weight_decay=1e-4), batch 64,
+    # 60 epochs, ExponentialLR(0.9) per epoch; flips, RandomErasing(scale=(0.02, 0.25)) at p = 0.5.
+    PAPER_RECIPE = {
+        "optim": {"name": "adam", "lr": 2e-4, "weight_decay": 1e-4, "batch_size": 64, "warmup_epochs": 0,
+                  "schedule": "exponential", "exp_gamma": 0.9, "exp_epochs": 60,
+                  "lr_mult": {"backbone": 1.0, "classifier": 10.0, "method": 1.0}},
+        "data": {"augment": {"flip": True, "pad_crop": 0, "erase_p": 0.5}},
+        "method": {"rul": {"embed_dim": 64, "dropout": 0.4}},
+    }
     per_sample_buffers = ("confidence",)
+
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         side = ctx.feature_map_size
@@ -56,10 +67,20 @@ class RUL(Method):
     def after_step(self, model, batch, out, epoch):
         self.confidence[batch["index"]] = out.extras["confidence"]
 
+    def classifier_parameters(self, model):
+        return list(self.classifier.parameters())
+
     @torch.no_grad()
     def predict(self, model, images):
-        return self.classifier(self.mu(model(images, return_map=True)["feature_map"].float())).float()
+        return self.score(model, images)[0]
+
+    @torch.no_grad()
+    def score(self, model, images):
+        fmap = model(images, return_map=True)["feature_map"].float()
+        confidence = self.log_scale(fmap).float().exp().mean(1)
+        return self.classifier(self.mu(fmap)).float(), {"noise_score": -torch.log(confidence.clamp(min=1e-12))}
 
     def sample_exports(self):
-        confidence = self.confidence.cpu().numpy()
-        return {"confidence": confidence, "noise_score": -torch.log(self.confidence.clamp(min=1e-12)).cpu().numpy()}
+        confidence = self.confidence.clamp(min=1e-12)
+        return {"train_pass_confidence": confidence.cpu().numpy(),
+                "train_pass_noise_score": -torch.log(confidence).cpu().numpy()}

@@ -1,13 +1,17 @@
 """SLM-AEA: soft-label mining with adaptive embedding augmentation (public code
 HaipengMing/SLM-AEA; the settings below are that code's defaults).
 
+Recipe (PAPER_RECIPE): Adam 1e-3 without weight decay, batch 72, 40 epochs, per-iteration cosine to
+1e-6, flips and crops, no erasing; beta = 7 of 40 epochs.
+
 Soft-label mining.  Every training sample keeps label logits z_i, initialised to k = 5 on the
 given class and log(e^k (1 - p) / p / (C - 1)) elsewhere, so softmax(z_i) puts p = 0.97 on it.
 The network trains with soft CE against q_i = softmax(z_i).  After each step z_i takes a gradient
 step of size lam = 200 on
   w_u(t) CE(z_i -> p_hat_i) + w_d(t) CE(z_i -> y_i)      (batch mean, so the step is 200 / B)
 i.e. z_i -= lam / B * (w_u (q_i - p_hat_i) + w_d (q_i - onehot(y_i))), with p_hat the detached
-prediction, t the fractional epoch, and ramps (alpha = 1.6, beta = 7 epochs)
+prediction, t the training progress in epochs (0-based, per iteration, as the public code's
+num_iter / num_steps), and ramps (alpha = 1.6, beta = 7 epochs, or a fraction of training)
   w_u = exp(-(alpha - t / beta)^2) for t <= beta, else 1
   w_d = 1 for t <= beta, else exp(-(alpha - beta / t)^2).
 
@@ -56,15 +60,23 @@ def mining_step(z: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, w_u: 
 
 @register_method("slm_aea")
 class SLMAEA(Method):
+    # main.py: Adam(net.parameters(), lr=1e-3) (the parsed weight decay is never used), batch 72,
+    # 40 epochs, cosine per iteration to lr_min 1e-6; Resize 256 + RandomCrop 224, flips, no erasing.
+    PAPER_RECIPE = {
+        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 72, "warmup_epochs": 0,
+                  "schedule": "cosine", "min_lr_ratio": 1e-3},
+        "data": {"augment": {"flip": True, "erase_p": 0.0}},
+        "method": {"slm_aea": {"k": 5.0, "p": 0.97, "lam": 200.0, "alpha": 1.6, "beta": "7/40", "aea": True}},
+    }
     per_sample_buffers = ("label_logits",)
     shared_buffers = ("running_mean",)
+
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         labels = torch.from_numpy(ctx.train_data.labels) if ctx.train_data is not None else torch.zeros(ctx.num_train, dtype=torch.long)
         self.register_buffer("given_labels", labels.long().clone())
         self.register_buffer("label_logits", initial_logits(labels.long(), ctx.num_classes, cfg.k, cfg.p))
-        self.steps_per_epoch = ctx.steps_per_epoch
-        self.step_in_epoch = 0   # checkpoints fall on epoch boundaries, so this needs no saving
+        self.beta = self.schedule(cfg.beta)
         self.aea = cfg.aea
         self.aea_weight = nn.Parameter(torch.ones(ctx.feature_dim))
         self.register_buffer("running_mean", torch.zeros(ctx.feature_dim))
@@ -84,17 +96,13 @@ class SLMAEA(Method):
         target = torch.softmax(self.label_logits[batch["index"]], 1)
         return StepOutput(soft_cross_entropy(logits.float(), target), logits.float())
 
-    def on_epoch_start(self, model, epoch):
-        self.step_in_epoch = 0
-
     @torch.no_grad()
     def after_step(self, model, batch, out, epoch):
-        t = epoch + self.step_in_epoch / self.steps_per_epoch
+        t = self.progress(epoch)
         index = batch["index"]
-        w_u, w_d = ramp_up(t, self.cfg.alpha, self.cfg.beta), ramp_down(t, self.cfg.alpha, self.cfg.beta)
+        w_u, w_d = ramp_up(t, self.cfg.alpha, self.beta), ramp_down(t, self.cfg.alpha, self.beta)
         pred = torch.softmax(out.logits.detach().float(), 1)
         self.label_logits[index] = mining_step(self.label_logits[index], pred, batch["label"], w_u, w_d, self.cfg.lam)
-        self.step_in_epoch += 1
 
     @torch.no_grad()
     def predict(self, model, images):
