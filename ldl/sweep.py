@@ -92,6 +92,14 @@ def _override(name: str, value: Any) -> str:
     return f"{name}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
 
 
+def _label(value: Any) -> str:
+    """A value as it appears in a run folder's name; a mapping (several keys set together, e.g.
+    data.noise: {type: instance, rate: 0.2}) by its values."""
+    if isinstance(value, dict):
+        return "_".join(_label(v) for v in value.values())
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def expand(spec: dict, seed: int = 0) -> list[SweepRun]:
     """All runs of a grid sweep (cartesian product of `values`), or `run_cap` seeded draws."""
     params = spec["parameters"]
@@ -111,7 +119,7 @@ def expand(spec: dict, seed: int = 0) -> list[SweepRun]:
     for combo in combos:
         overrides = [_override(n, v) for n, v in combo.items()]
         run_id = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
-        label = "-".join((f"{v:.4g}" if isinstance(v, float) else str(v)).replace("/", "_") for v in combo.values())[:80]
+        label = "-".join(_label(v).replace("/", "_") for v in combo.values())[:80]
         runs.append(SweepRun(f"{label}-{run_id}", overrides))
     return runs
 
