@@ -245,5 +245,5 @@ def test_manifest_path_outside_its_folder_is_refused(tmp_path, kind):
         cfg.data.on_error = on_error
         with pytest.raises(DataError, match=rf"m.csv:2: image path '{re.escape(raw)}' leads outside"):
             build_splits(cfg, ("train",))
-    cfg.data.manifest = {"allow_outside_root": True}
+    cfg.data.manifest.allow_outside_root = True
     assert len(build_splits(cfg, ("train",))["train"]) == 7

@@ -165,7 +165,7 @@ def cached_split(cfg: DictConfig, split: str, sources: list[Path], extra_key: di
     """Build (or load) a dataset's full native split through the cache, with the error policy
     and protocol applied and the skipped-input report kept in `info`.  `sources` are the label
     files; the images each build decodes are re-checked on every load (data.cache_verify)."""
-    verify = cfg.data.get("cache_verify", "stat")
+    verify = cfg.data.cache_verify
     key = {"dataset": cfg.data.name, "split": split, "size": cfg.data.image_size, "on_error": cfg.data.on_error,
            "sources": fingerprint_files(sources, verify), "verify": verify, "num_classes": cfg.data.num_classes,
            **extra_key, "version": 2}

@@ -51,7 +51,7 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
     if not cfg.data.root:
         raise DataError("data.root must be the manifest CSV file for data.name=manifest")
     manifest = require_file(Path(cfg.data.root).expanduser(), "manifest")
-    allow_outside_root = bool((cfg.data.get("manifest") or {}).get("allow_outside_root", False))
+    allow_outside_root = cfg.data.manifest.allow_outside_root
 
     def build(alloc, policy: ErrorPolicy) -> FERData:
         with open(manifest, newline="") as f:
