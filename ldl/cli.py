@@ -130,13 +130,14 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     info = build_report([Path(p) for p in args.runs], out)
     repeats = f", {info['repeats']} repeats counted once" if info["repeats"] else ""
-    table = Table(title=f"{info['runs']} runs in {info['groups']} groups{repeats} "
-                        "(test, last epoch, mean ± std over seeds)")
-    for h in info["header"]:
-        table.add_column(h)
-    for row in info["rows"]:
-        table.add_row(*(escape(cell) for cell in row))  # method labels hold [key=value]
-    Console(width=200).print(table)
+    for protocol, rows in info["tables"].items():
+        table = Table(title=f"{protocol} protocol: {len(rows)} groups of {info['runs']} runs{repeats} "
+                            "(test, last epoch, mean ± std over seeds)")
+        for h in info["header"]:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))  # method labels hold [key=value]
+        Console(width=200).print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({info['figures']} figures)")
     return 0
 

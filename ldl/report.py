@@ -1,12 +1,16 @@
 """`ldl report RUNS...`: report.md and a self-contained report.html from run folders.
 
-Runs are grouped by (dataset, method, noise type, noise rate) and by every other setting of
-their resolved config.yaml that differs between runs of the same method (an LDLVA mode, a
+Runs are grouped by (dataset, protocol, method, noise type, noise rate) and by every other
+setting of their resolved config.yaml that differs between runs of the same method and protocol (an LDLVA mode, a
 pretrained start, a learning rate), which then names the row, e.g. "ldlva [mode=faithful]";
 only the replicate keys (seed, data.noise.seed) and bookkeeping (run, log, device) are pooled.
 Runs repeated with the same config and seeds are counted once.  Groups are summarised over
-seeds as mean ± std.  Every table names the epoch it reports: the last epoch, and the test accuracy at
-the epoch of best validation accuracy.  Figures: accuracy against noise rate per method, the
+seeds as mean ± std.  Each protocol (`shared`: one recipe for every method; `paper`: each method
+with its authors' recipe) has its own table, named in its caption.  Every table names the epoch
+it reports: the last epoch, and the test accuracy at the epoch of best validation accuracy.
+Figures: memorisation curves per noise setting (the fit of noisy and of clean training labels,
+the noise-score AUROC and test accuracy per epoch, mean ± band over seeds), accuracy against
+noise rate per method, the
 cross-dataset heat map (when a cross.json is among the inputs), confusion matrices, histograms
 of each method's noise score for clean and noisy samples, and reliability diagrams.
 """
@@ -20,6 +24,7 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -43,6 +48,23 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 REPLICATE_KEYS = ("seed", "data.noise.seed")
+PROTOCOL_CAPTIONS = {
+    "shared": "Protocol `shared`: one recipe (optimiser, learning rate, batch, augmentation, schedule) for every method.",
+    "paper": "Protocol `paper`: each method with its authors' recipe (optimiser, per-group learning rates, batch, "
+             "augmentation, schedule shape scaled to the run); CE and label smoothing keep the shared recipe.",
+}
+
+
+class GroupKey(NamedTuple):
+    dataset: str
+    protocol: str
+    method: str        # the method's label, with the settings that tell its variants apart
+    noise_type: str
+    rate: float
+
+    def title(self) -> str:
+        noise = "clean" if self.noise_type == "none" else f"{self.noise_type} {self.rate:.0%}"
+        return f"{self.method} on {self.dataset}, {noise}, {self.protocol} protocol"
 BOOKKEEPING_SECTIONS = ("run", "log", "device")
 
 
@@ -58,21 +80,25 @@ def _setting(run: Path, method: str) -> dict[str, object]:
     return setting
 
 
-def _base_key(summary: dict) -> tuple:
+def _protocol(summary: dict) -> str:
+    return summary.get("protocol", "shared")   # runs from before the protocols were all shared
+
+
+def _noise(summary: dict) -> tuple[str, float]:
     noise = summary.get("noise") or {}
     rate = float(noise.get("rate", 0.0))
-    return (summary["dataset"], summary["method"], noise.get("type", "none") if rate > 0 else "none", rate)
+    return (noise.get("type", "none") if rate > 0 else "none", rate)
 
 
 def _variant_labels(settings: dict[Path, dict], summaries: dict[Path, dict]) -> dict[Path, str]:
-    """'method [key=value, ...]' where runs of one method on one dataset differ in `key`
-    (noise type and rate have their own column)."""
+    """'method [key=value, ...]' where runs of one method on one dataset under one protocol
+    differ in `key` (noise type and rate have their own column, the protocol its own table)."""
     families: dict[tuple, list[Path]] = defaultdict(list)
     for run, summary in summaries.items():
-        families[(summary["dataset"], summary["method"])].append(run)
+        families[(summary["dataset"], _protocol(summary), summary["method"])].append(run)
     labels = {}
-    for (_, method), runs in families.items():
-        keys = sorted({k for r in runs for k in settings[r]} - {"data.noise.type", "data.noise.rate"})
+    for (_, _, method), runs in families.items():
+        keys = sorted({k for r in runs for k in settings[r]} - {"data.noise.type", "data.noise.rate", "protocol"})
         varying = [k for k in keys if len({repr(settings[r].get(k, "-")) for r in runs}) > 1]
         for run in runs:
             shown = ", ".join(f"{k.removeprefix(f'method.{method}.')}={settings[run].get(k, '-')}" for k in varying)
@@ -80,18 +106,18 @@ def _variant_labels(settings: dict[Path, dict], summaries: dict[Path, dict]) -> 
     return labels
 
 
-def _natural_order(key: tuple) -> tuple:
+def _natural_order(key: GroupKey) -> tuple:
     """Sort numbers inside row labels by value: lambda_lr=10.0 before lambda_lr=40.0 and 160.0.
     re.split with one capture group alternates text and number, so equal positions compare
     like with like."""
-    dataset, label, ntype, rate = key
-    parts = re.split(r"(\d+(?:\.\d+)?)", label)
-    return (dataset, [float(p) if i % 2 else p for i, p in enumerate(parts)], ntype, rate)
+    parts = re.split(r"(\d+(?:\.\d+)?)", key.method)
+    label = [float(p) if i % 2 else p for i, p in enumerate(parts)]
+    return (key.protocol != "shared", key.dataset, label, key.noise_type, key.rate)
 
 
-def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[tuple, list[Path]], list[Path]]:
-    """Runs by (dataset, method label, noise type, noise rate), in report order; also the runs
-    left out as repeats of a run with the same settings and replicate keys."""
+def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[GroupKey, list[Path]], list[Path]]:
+    """Runs by GroupKey (dataset, protocol, method label, noise type, noise rate), in report
+    order; also the runs left out as repeats of a run with the same settings and replicate keys."""
     settings = {run: _setting(run, summaries[run]["method"]) for run in runs}
     labels = _variant_labels(settings, summaries)
     groups: dict[tuple, list[Path]] = defaultdict(list)
@@ -105,8 +131,7 @@ def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[tupl
             repeats.append(run)
             continue
         seen.add(identity)
-        dataset, _, ntype, rate = _base_key(summary)
-        groups[(dataset, labels[run], ntype, rate)].append(run)
+        groups[GroupKey(summary["dataset"], _protocol(summary), labels[run], *_noise(summary))].append(run)
     return dict(sorted(groups.items(), key=lambda item: _natural_order(item[0]))), repeats
 
 
@@ -132,13 +157,16 @@ def _figure_to_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _accuracy_vs_noise(groups: dict) -> str | None:
-    """One curve per (dataset, method, noise type); the clean runs are every curve's 0 % point."""
-    clean = {(d, m): [s["final"]["test"]["accuracy"] for s in ss] for (d, m, t, _), ss in groups.items() if t == "none"}
+def _accuracy_vs_noise(groups: dict[GroupKey, list[dict]], protocol: str) -> str | None:
+    """One curve per (dataset, method, noise type) of one protocol; the clean runs are every
+    curve's 0 % point."""
+    groups = {k: v for k, v in groups.items() if k.protocol == protocol}
+    clean = {(k.dataset, k.method): [s["final"]["test"]["accuracy"] for s in ss]
+             for k, ss in groups.items() if k.noise_type == "none"}
     by_rate: dict[tuple, dict] = defaultdict(dict)
-    for (dataset, method, ntype, rate), summaries in groups.items():
-        if ntype != "none":
-            by_rate[(dataset, method, ntype)][rate] = [s["final"]["test"]["accuracy"] for s in summaries]
+    for key, summaries in groups.items():
+        if key.noise_type != "none":
+            by_rate[(key.dataset, key.method, key.noise_type)][key.rate] = [s["final"]["test"]["accuracy"] for s in summaries]
     for (dataset, method, ntype), points in by_rate.items():
         if (dataset, method) in clean:
             points[0.0] = clean[(dataset, method)]
@@ -153,8 +181,60 @@ def _accuracy_vs_noise(groups: dict) -> str | None:
                     label=f"{method} ({dataset}, {ntype})")
     ax.set_xlabel("injected noise rate (%)")
     ax.set_ylabel("test accuracy (last epoch)")
+    ax.set_title(f"{protocol} protocol", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    return _figure_to_base64(fig)
+
+
+MEMORISATION_PANELS = (("fit_noisy", "noisy samples predicted as their given (wrong) label"),
+                       ("fit_clean", "clean samples predicted as their label"),
+                       ("auroc_noise_score", "noise AUROC of the method's own score"),
+                       ("test_accuracy", "test accuracy"))
+
+
+def _epoch_series(run: Path) -> dict[str, list[float]]:
+    """Per-epoch values of the memorisation panels from a run's metrics.jsonl; the own-score
+    AUROC falls back to the small-loss score's for methods without one."""
+    series: dict[str, list[float]] = defaultdict(list)
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        fit = record.get("train_pass", {})
+        own = fit.get("auroc_noise_score", fit.get("auroc_model_noise_score"))
+        for key, value in (("fit_noisy", fit.get("fit_noisy")), ("fit_clean", fit.get("fit_clean")),
+                           ("auroc_noise_score", own), ("test_accuracy", record.get("test", {}).get("accuracy"))):
+            series[key].append(np.nan if value is None else value)
+    return series
+
+
+def _memorisation(run_groups: dict[GroupKey, list[Path]], setting: tuple) -> str | None:
+    """Per-epoch curves of every method in one (dataset, protocol, noise type, rate) setting,
+    mean and a ± std band over seeds."""
+    dataset, protocol, ntype, rate = setting
+    members = {k.method: runs for k, runs in run_groups.items()
+               if (k.dataset, k.protocol, k.noise_type, k.rate) == setting}
+    curves = {}
+    for method, runs in members.items():
+        series = [_epoch_series(run) for run in runs]
+        if not series or all(np.isnan(s.get("fit_noisy", [np.nan])).all() for s in series):
+            continue
+        length = min(len(s["test_accuracy"]) for s in series)
+        curves[method] = {key: np.array([s[key][:length] for s in series], dtype=float) for key, _ in MEMORISATION_PANELS}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(MEMORISATION_PANELS), figsize=(4.2 * len(MEMORISATION_PANELS), 3.6))
+    for ax, (key, label) in zip(axes, MEMORISATION_PANELS):
+        for method, values in curves.items():
+            epochs = np.arange(1, values[key].shape[1] + 1)
+            mean, std = np.nanmean(values[key], 0), np.nanstd(values[key], 0)
+            ax.plot(epochs, mean, label=method)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{dataset}, {ntype} {rate:.0%}, {protocol} protocol (mean ± std over seeds)", fontsize=9)
     return _figure_to_base64(fig)
 
 
@@ -241,34 +321,40 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
 
     header = ["dataset", "method", "noise", "seeds", *[name for _, name in METRICS], "test acc @ best val",
               "noise AUROC"]
-    rows = []
-    for key in groups:
-        dataset, method, ntype, rate = key
-        ss = groups[key]
-        row = [dataset, method, "clean" if ntype == "none" else f"{ntype} {rate:.0%}", str(len(ss))]
+    tables: dict[str, list[list[str]]] = defaultdict(list)   # protocol -> rows
+    for key, ss in groups.items():
+        noise = "clean" if key.noise_type == "none" else f"{key.noise_type} {key.rate:.0%}"
+        row = [key.dataset, key.method, noise, str(len(ss))]
         row += [_mean_std([s["final"]["test"].get(m) for s in ss]) for m, _ in METRICS]
         row.append(_mean_std([s["best_val"].get("test", {}).get("accuracy") for s in ss]))
         row.append(_mean_std([_noise_auroc(s) for s in ss]))
-        rows.append(row)
+        tables[key.protocol].append(row)
     epochs = sorted({s["epochs"] for s in summaries.values()})
     note = (f"Test metrics at the last epoch (of {', '.join(map(str, epochs))}), mean ± std over seeds; "
             "'test acc @ best val' is test accuracy at the epoch of best validation accuracy (test never "
-            "selects). Noise AUROC scores each method's own noise score (its learned uncertainty) where it "
-            "has one, else the model's small-loss score.")
+            "selects). Noise AUROC scores each method's own noise score where it has one (SCN's and RUL's "
+            "from an eval-mode pass over the un-augmented training set after training, LDLVA's and SLM-AEA's "
+            "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass.")
     if repeats:
         note += (f" {len(repeats)} run(s) repeating another run's settings and seeds were counted once: "
                  + ", ".join(run.name for run in repeats) + ".")
-    md_table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                         ["| " + " | ".join(r) + " |" for r in rows])
+    md_tables = {protocol: "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                                     ["| " + " | ".join(r) + " |" for r in rows]) for protocol, rows in tables.items()}
     figures: list[tuple[str, str]] = []
-    curve = _accuracy_vs_noise(groups)
-    if curve:
-        figures.append(("Accuracy against injected noise rate", curve))
+    settings = sorted({(k.dataset, k.protocol, k.noise_type, k.rate) for k in run_groups if k.noise_type != "none"})
+    for setting in settings:
+        curves = _memorisation(run_groups, setting)
+        if curves:
+            figures.append((f"Memorisation: {setting[0]}, {setting[2]} {setting[3]:.0%}, {setting[1]} protocol", curves))
+    for protocol in tables:
+        curve = _accuracy_vs_noise(groups, protocol)
+        if curve:
+            figures.append((f"Accuracy against injected noise rate, {protocol} protocol", curve))
     cross_results = [json.loads(c.read_text()) for c in crosses]
     for cross in cross_results:
         figures.append(("Cross-dataset matrix (train rows, test columns)", _cross_heatmap(cross)))
     for key in groups:
-        title = f"{key[1]} on {key[0]}, {'clean' if key[2] == 'none' else f'{key[2]} {key[3]:.0%}'} (seed {groups[key][0]['seed']})"
+        title = f"{key.title()} (seed {groups[key][0]['seed']})"
         figures.append((f"Confusion matrix: {title}", _confusion(groups[key][0], title)))
         hist = _uncertainty_histogram(run_groups[key][0], title)
         if hist:
@@ -279,7 +365,9 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from ldl.cross import markdown as cross_markdown
-    md = ["# ldl report", "", note, "", md_table, ""]
+    md = ["# ldl report", "", note, ""]
+    for protocol, table in md_tables.items():
+        md += [f"**{PROTOCOL_CAPTIONS.get(protocol, protocol)}**", "", table, ""]
     for cross in cross_results:
         md += ["## Cross-dataset", "", cross_markdown(cross), ""]
     fig_dir = out_dir / "figures"
@@ -290,8 +378,11 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
         md.append(f"### {title}\n\n![{title}](figures/{name})\n")
     (out_dir / "report.md").write_text("\n".join(md))
 
-    table_html = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    table_html = "".join(
+        f"<table><caption>{html.escape(PROTOCOL_CAPTIONS.get(protocol, protocol))}</caption><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+        for protocol, rows in tables.items())
     cross_html = ""
     for cross in cross_results:
         names = cross["datasets"]
@@ -311,4 +402,4 @@ figcaption{{font-size:12px;max-width:420px}} p.note{{max-width:60em;font-size:13
 <h2>Figures</h2>{figs_html}</body></html>"""
     (out_dir / "report.html").write_text(page)
     return {"groups": len(groups), "runs": len(runs), "repeats": len(repeats), "figures": len(figures),
-            "rows": rows, "header": header}
+            "tables": dict(tables), "header": header}

@@ -202,7 +202,6 @@ def _export_samples(job: Job, path: Path) -> dict:
                 columns[f"{key}_{c}"] = value[:, c]
     detection: dict[str, Any] = {}
     if train.clean_labels is not None and train.is_noisy.any():
-        detection["scores"] = DETECTION_NOTE
         for key in ("model_noise_score", "noise_score", "train_pass_noise_score"):
             if key in columns:
                 detection[key] = noise_detection_metrics(np.asarray(columns[key], dtype=float), train.is_noisy)
@@ -311,6 +310,7 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         "best_val": best,
         "train_time_s": time.perf_counter() - train_start,
         "noise": train.info.get("noise"), "noise_detection": detection,
+        "noise_detection_scores": DETECTION_NOTE if detection else None,
         "ceiling": {split: d.info.get("ceiling") for split, d in splits.items() if d.info.get("ceiling")},
         "skipped_inputs": {split: d.info.get("skipped") for split, d in splits.items() if d.info.get("skipped")},
         "distributed": distributed,

@@ -179,7 +179,8 @@ def test_noisy_run_records_memorisation_and_scores_in_eval_mode(tmp_path):
     for record in records:
         assert {"fit_noisy", "fit_clean", "auroc_model_noise_score", "auroc_noise_score"} <= set(record["train_pass"])
     detection = summary["noise_detection"]
-    assert "noise_score" in detection and "train_pass_noise_score" in detection and "eval mode" in detection["scores"]
+    assert "noise_score" in detection and "train_pass_noise_score" in detection
+    assert "eval mode" in summary["noise_detection_scores"]
     rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
     scoring, training = (np.array([float(r[k]) for r in rows]) for k in ("noise_score", "train_pass_noise_score"))
     assert not np.allclose(scoring, training)   # dropout and augmentation make the training pass differ
@@ -218,3 +219,25 @@ def test_feature_space_neighbours_are_searched_again_after_warmup_and_resume_kee
 def test_periodic_neighbour_refresh():
     method, model, data = _ldlva_on_features(2)
     assert [epoch for epoch in range(5) if method.refreshes_at(epoch)] == [1, 2, 4]
+
+
+def test_report_keeps_protocols_apart_and_draws_memorisation(tmp_path):
+    from ldl.cli import main
+    from ldl.sweep import expand
+    overrides = [o for o in tiny(tmp_path / "unused", "optim.epochs=2", "data.synthetic.num_train=300", "model.width=8")
+                 if not o.startswith("run.dir")]
+    spec = {"method": "grid", "command": ["ldl", "train", *overrides, "${args_no_hyphens}"],
+            "parameters": {"data.noise": {"values": [{"type": "symmetric", "rate": 0.3}]},
+                           "protocol": {"values": ["shared", "paper"]}, "method.name": {"values": ["scn"]}}}
+    runs = expand(spec)
+    assert [r.run_id.rsplit("-", 1)[0] for r in runs] == ["symmetric_0.3-shared-scn", "symmetric_0.3-paper-scn"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(spec))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "sweep"), "--workers", "1"]) == 0
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    shared, paper = md.index("Protocol `shared`"), md.index("Protocol `paper`")
+    row = "| synthetic | scn | symmetric 30% | 1 |"
+    assert md.count(row) == 2 and shared < md.index(row) < paper < md.rindex(row)   # one row in each table
+    assert "Memorisation: synthetic, symmetric 30%, paper protocol" in md
+    assert "Memorisation: synthetic, symmetric 30%, shared protocol" in md

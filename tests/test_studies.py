@@ -94,13 +94,13 @@ def test_report_separates_method_variants_and_counts_repeats_once(tmp_path):
                       run("ldlva-faithful-0", "ldlva", "faithful", 0),
                       run("scn-narrow-0", "scn", "fast", 0, width=8), run("scn-0", "scn", "fast", 0)])
     groups, repeats = group_runs(sorted(summaries), summaries)
-    names = {key[1]: sorted(r.name for r in runs) for key, runs in groups.items()}
+    names = {key.method: sorted(r.name for r in runs) for key, runs in groups.items()}
     assert names == {"ce": ["ce-faithful-0", "ce-faithful-1"],   # the first of each repeat is kept
                      "ldlva [mode=fast]": ["ldlva-fast-0", "ldlva-fast-1"],
                      "ldlva [mode=faithful]": ["ldlva-faithful-0"],
                      "scn [model.width=16]": ["scn-0"], "scn [model.width=8]": ["scn-narrow-0"]}
     # rows in order, numbers by value (8 before 16)
-    assert [key[1] for key in groups] == ["ce", "ldlva [mode=faithful]", "ldlva [mode=fast]",
+    assert [key.method for key in groups] == ["ce", "ldlva [mode=faithful]", "ldlva [mode=fast]",
                                           "scn [model.width=8]", "scn [model.width=16]"]
     assert sorted(r.name for r in repeats) == ["ce-fast-0", "ce-fast-1"]
 
