@@ -36,7 +36,8 @@ def attention_consistency(cam: torch.Tensor, cam_of_flipped: torch.Tensor) -> to
 class EAC(Method):
     # src/main.py: Adam(lr=1e-4, weight_decay=1e-4), batch 32, 60 epochs, ExponentialLR(0.9) per
     # epoch; lr 2e-4 for ResNet-18 (the maintainer, issues #3 and #19; 1e-4 is the ResNet-50 code's).
-    # dataset.py: no random flip or crop of the image, RandomErasing p = 0.5.
+    # dataset.py: no random flip or crop of the image, RandomErasing p = 0.5 (and Gaussian noise
+    # at p = 0.5 on the image only, which is not modelled here).
     PAPER_RECIPE = {
         "optim": {"name": "adam", "lr": 2e-4, "weight_decay": 1e-4, "batch_size": 32, "warmup_epochs": 0,
                   "schedule": "exponential", "exp_gamma": 0.9, "exp_epochs": 60},

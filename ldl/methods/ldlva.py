@@ -26,7 +26,8 @@ For a training sample i with given label y_i and auxiliary point a_i (VA by defa
 1 - l_i is the sample's label uncertainty: exported per sample and scored as a noise detector.
 
 Recipe (PAPER_RECIPE, config_resnet18_raf.py): Adam 1e-3 without weight decay, batch 32, 60 epochs
-with the lr x 0.1 at epochs 10, 20 and 40, random erasing p = 0.5, the l1 similarity.
+with the lr x 0.1 at epochs 10, 20 and 40, random erasing p = 0.5 (its area 2-30 % of the image;
+here 2-25 %, torchvision's default), neighbours un-erased, the l1 similarity.
 
 Warm-up (not in the paper): for `warmup_epochs` (epochs or a fraction of training) the target is
 the one-hot label and the weights l_i stay frozen.  The paper starts from MS-Celeb weights, so the neighbours' predictions

@@ -34,7 +34,8 @@ def relative_mix(mu: torch.Tensor, confidence: torch.Tensor, perm: torch.Tensor)
 @register_method("rul")
 class RUL(Method):
     # src/main.py: Adam([{res18 incl. heads}, {fc, lr 0.002}], lr=0.0002, weight_decay=1e-4), batch 64,
-    # 60 epochs, ExponentialLR(0.9) per epoch; flips, RandomErasing(scale=(0.02, 0.25)) at p = 0.5.
+    # 60 epochs, ExponentialLR(0.9) per epoch; RandomErasing(scale=(0.02, 0.25)) at p = 0.5; SCN's
+    # flip-or-noise augmentation (flips at p = 0.25; here p = 0.5 and no noise).
     PAPER_RECIPE = {
         "optim": {"name": "adam", "lr": 2e-4, "weight_decay": 1e-4, "batch_size": 64, "warmup_epochs": 0,
                   "schedule": "exponential", "exp_gamma": 0.9, "exp_epochs": 60,

@@ -34,7 +34,8 @@ def rank_regularisation(alpha: torch.Tensor, beta: float, margin: float) -> torc
 class SCN(Method):
     # src/train.py: Adam at torch's default lr 1e-3 (--lr is passed only to SGD), weight decay 1e-4,
     # one group, batch 64, 70 epochs, ExponentialLR(0.9) per epoch; RandomErasing(scale=(0.02, 0.25))
-    # at p = 0.5, flips and no crops (224 px resized).
+    # at p = 0.5, no crops (224 px resized).  Its "basic_aug" picks, with p = 0.5, either a flip or
+    # Gaussian noise (var 30), so it flips with p = 0.25; here flips have p = 0.5 and no noise is added.
     PAPER_RECIPE = {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "warmup_epochs": 0,
                   "schedule": "exponential", "exp_gamma": 0.9, "exp_epochs": 70},
