@@ -96,7 +96,7 @@ def _label(value: Any) -> str:
     """A value as it appears in a run folder's name; a mapping (several keys set together, e.g.
     data.noise: {type: instance, rate: 0.2}) by its values."""
     if isinstance(value, dict):
-        return "_".join(_label(v) for v in value.values())
+        return "_".join(_label(v) for v in value.values()) or "default"   # {}: the config's own
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
