@@ -80,8 +80,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _noise(args: argparse.Namespace) -> int:
     from ldl.data import build_splits
     from ldl.data.noise import inject, write_noise_file
+    from ldl.validate import validate_data
 
     cfg = load_config(args.config, args.overrides)
+    validate_data(cfg)
     train = build_splits(cfg, ("train",))["train"]
     noisy = inject(train, args.type, args.rate, args.seed)
     write_noise_file(Path(args.out), noisy)
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, FileExistsError) as err:  # SweepError, DataError too
-        console.print(f"[bold red]error:[/] {err}")
+        # one line, as given: never wrapped, and brackets in it (eval.splits=[x]) are not markup
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
 
 

@@ -96,8 +96,11 @@ def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dic
     if path in seen:
         raise ConfigError(f"{path}: circular {BASE_KEY} chain")
     data = read_yaml(path)
-    bases = data.pop(BASE_KEY, [])
-    bases = [bases] if isinstance(bases, str) else list(bases)
+    given = data.pop(BASE_KEY, [])
+    bases = [given] if isinstance(given, str) else given
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a path or a list of paths (relative to the file), "
+                          f"got {given!r}")
     chain: list[tuple[Path, dict]] = []
     for base in bases:
         chain.extend(_file_chain(path.parent / base, seen + (path,)))

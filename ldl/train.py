@@ -18,6 +18,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from ldl import checkpoint
+from ldl.checkpoint import CheckpointError
 from ldl.config import config_from_dict
 from ldl.data import BatchLoader, FERData, build_splits
 from ldl.data.augment import BatchAugment
@@ -28,6 +29,7 @@ from ldl.models import FERNet, build_model
 from ldl.optim import build_optimizer, build_scheduler
 from ldl.schedule import schedule_table
 from ldl.tracking import RunRecorder
+from ldl.validate import check_checkpoint_fits, check_splits, check_steps, validate, validate_data
 
 SCALAR_TYPES = (int, float)
 
@@ -245,8 +247,11 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
         cfg.run.dir = str(resume_dir)
     else:
         state = None
+    validate(cfg)
     seed_everything(cfg)
     splits = build_splits(cfg, tuple(dict.fromkeys(["train", *cfg.eval.splits])))
+    check_splits(cfg, splits)
+    check_steps(cfg.optim.batch_size, len(splits["train"]), dist.get_world_size() if dist.is_initialized() else 1)
     job = Job(cfg, splits)
     run_dir = make_run_dir(cfg)
     if job.world > 1:  # rank 0 names the run folder (timestamps may differ across ranks)
@@ -322,7 +327,12 @@ def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, A
 def job_from_checkpoint(state: dict[str, Any], cfg: DictConfig, splits: dict[str, FERData]) -> Job:
     """A Job on `splits` holding a checkpoint's model and method state, for inference."""
     job = Job(cfg, splits, num_train=state["num_train"])
-    job.load_state(state, weights_only=True)
+    try:
+        job.load_state(state, weights_only=True)
+    except RuntimeError as err:  # torch names the module, then each mismatch on a line of its own
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise CheckpointError(f"the checkpoint does not fit the {cfg.model.arch} / {cfg.method.name} model "
+                              f"built from its config: {' '.join(lines[:2])}") from None
     return job
 
 
@@ -335,6 +345,8 @@ def evaluate_checkpoint(path: Path, split: str = "test", data_section: dict | No
     if data_section is not None:
         saved = {**saved, "data": {**data_section, "num_classes": saved["data"]["num_classes"]}}
     cfg = config_from_dict(saved, overrides)
+    check_checkpoint_fits(path, config_from_dict(saved), cfg)
+    validate_data(cfg)
     seed_everything(cfg)
     job = job_from_checkpoint(state, cfg, build_splits(cfg, (split,)))
     metrics = evaluate(job.net, job.method, job.eval_loader(split), job.device, job.amp, cfg.eval.ece_bins)

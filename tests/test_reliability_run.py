@@ -1,0 +1,179 @@
+"""Issue 16, the run and settings faults: one live process per run folder, a sweep whose runs end
+with it, and every bad setting a one-line error (exit code 2) before any expensive work.  Each
+test is named after the fault it prevents.  The process tests start real `ldl` processes and
+stop only those they started (found by their own tmp folder in the command line)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from ldl.cli import main
+from ldl.config import load_config
+from ldl.data import DATASETS
+from ldl.train import run_training
+
+EPOCHS = 8
+
+
+def small(run_dir, *extra):
+    """A run of a few seconds (most of it starting Python and torch)."""
+    return ["data.image_size=32", "data.synthetic.num_train=200", "data.synthetic.num_val=50",
+            "data.synthetic.num_test=50", "model.width=8", "model.stem=small", "optim.batch_size=64",
+            f"optim.epochs={EPOCHS}", "log.wandb=disabled", "log.progress=false", f"run.dir={run_dir}", *extra]
+
+
+def ldl(*args):
+    return [sys.executable, "-m", "ldl.cli", *map(str, args)]
+
+
+def epochs_recorded(run_dir):
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_lock(run_dir, pid, started=None):
+    """A lock file as an owner on this host writes it (started: its /proc start time)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": started}))
+
+
+def living(marker):
+    """PIDs of live (non-zombie) processes whose command line mentions `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if proc.name.isdigit() and str(marker).encode() in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def stray_processes(tmp_path):
+    """Kills, after the test, any process still running from the test's folder."""
+    yield
+    for pid in living(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def live_process():
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def refused(capsys, argv, *fragments):
+    """`ldl argv` exits 2 with a single error line holding every fragment, and no traceback."""
+    assert main(list(map(str, argv))) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("error:") and "\n" not in out and "Traceback" not in out, out
+    assert all(fragment in out for fragment in fragments), out
+    return out
+
+
+# ---- fault 6: degenerate settings never give a "finished" untrained run ----
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_zero_or_negative_epochs_is_an_error(tmp_path, capsys, epochs):
+    refused(capsys, ["train", *small(tmp_path / "run", f"optim.epochs={epochs}")],
+            f"optim.epochs must be at least 1, got {epochs}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_larger_than_the_training_set_is_an_error(tmp_path, capsys):
+    refused(capsys, ["train", *small(tmp_path / "run", "optim.batch_size=500")],
+            "optim.batch_size=500 is larger than the training set (200 samples)")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- fault 7: data.num_classes ----
+
+@pytest.mark.parametrize("classes", [5, 9])
+def test_num_classes_other_than_7_or_8_is_an_error(tmp_path, capsys, classes):
+    refused(capsys, ["train", *small(tmp_path / "run", f"data.num_classes={classes}")],
+            "data.num_classes must be 7 or 8", f"got {classes}")
+
+
+def test_num_classes_is_checked_against_the_dataset(tmp_path, capsys, monkeypatch):
+    """A dataset that ignores the protocol (8 classes when 7 are asked) stops before training."""
+    def eight_classes(cfg, split):
+        return DATASETS["synthetic"](OmegaConf.merge(cfg, {"data": {"num_classes": 8}}), split)
+    monkeypatch.setitem(DATASETS, "eight_only", eight_classes)
+    refused(capsys, ["train", *small(tmp_path / "run", "data.name=eight_only", "data.num_classes=7")],
+            "data.num_classes=7 but the eight_only train split has 8 classes")
+
+
+# ---- fault 8: one line, exit code 2, no traceback ----
+
+def read_only_folder(tmp_path):
+    """A folder this process cannot create entries in: mode 0o555, or for root (who ignores
+    modes) sysfs, which refuses new entries."""
+    folder = Path("/sys/kernel") if os.geteuid() == 0 else tmp_path / "read-only"
+    if folder != Path("/sys/kernel"):
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        (folder / "probe").mkdir()
+    except OSError:
+        return folder
+    (folder / "probe").rmdir()
+    pytest.skip(f"no read-only folder available here ({folder} is writable)")
+
+
+def test_unwritable_cache_dir_is_an_error(tmp_path, capsys):
+    cache = read_only_folder(tmp_path) / "cache"
+    refused(capsys, ["train", *small(tmp_path / "run", f"data.cache_dir={cache}")],
+            f"cannot write the data cache folder (data.cache_dir or $LDL_CACHE) {cache}")
+
+
+def test_eval_every_zero_is_an_error(tmp_path, capsys):
+    refused(capsys, ["train", *small(tmp_path / "run", "eval.every=0")], "eval.every must be at least 1, got 0")
+
+
+def test_unknown_eval_split_is_an_error(tmp_path, capsys):
+    refused(capsys, ["train", *small(tmp_path / "run", "eval.splits=[val,train2]")],
+            "eval.splits: unknown split 'train2' (known: train, val, test)")
+
+
+@pytest.mark.parametrize("base", ["5", "[base.yaml, 5]"])
+def test_base_that_is_not_a_path_is_an_error(tmp_path, capsys, base):
+    (tmp_path / "base.yaml").write_text("seed: 1\n")
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"_base_: {base}\n")
+    refused(capsys, ["train", "-c", config], f"{config}: _base_ must be a path or a list of paths")
+
+
+@pytest.fixture(scope="module")
+def rul_checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("rul") / "run"
+    run_training(load_config(None, small(run, "optim.epochs=1", "method.name=rul")))
+    return run / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.arch=resnet50", "model.arch=resnet50 contradicts the checkpoint {ckpt}, trained with model.arch=resnet18"),
+    ("method.name=ce", "method.name=ce contradicts the checkpoint {ckpt}, trained with method.name=rul"),
+    ("method.rul.embed_dim=32", "the checkpoint does not fit the resnet18 / rul model built from its config"),
+])
+def test_eval_with_a_model_or_method_the_checkpoint_was_not_trained_with_is_an_error(
+        capsys, rul_checkpoint, override, message):
+    refused(capsys, ["eval", rul_checkpoint, override], message.format(ckpt=rul_checkpoint))
