@@ -9,8 +9,9 @@ import csv
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from ldl.methods.base import Method, MethodContext, build_method
 from ldl.metrics import noise_detection_metrics
 from ldl.models import FERNet, build_model
 from ldl.optim import build_optimizer, build_scheduler
+from ldl.runlock import RunFolderError, RunLock
 from ldl.schedule import schedule_table
 from ldl.tracking import RunRecorder
 from ldl.validate import check_checkpoint_fits, check_splits, check_steps, validate, validate_data
@@ -239,27 +241,55 @@ def _check_consistency(job: Job) -> dict:
     return result
 
 
-def run_training(cfg: DictConfig, resume_dir: Path | None = None) -> dict[str, Any]:
+@contextmanager
+def owned_run_dir(cfg: DictConfig) -> Iterator[Path]:
+    """The run folder, named and locked by rank 0 for the whole run (one live process per
+    folder).  Under torchrun every rank learns the name (timestamps may differ across ranks)
+    and whether the lock was taken, so that all ranks stop together."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    run_dir = make_run_dir(cfg)
+    lock, failure = RunLock(run_dir), None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except RunFolderError as err:
+            failure = err
+    if dist.is_initialized():
+        shared = [str(run_dir), str(failure) if failure else None]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir, message = Path(shared[0]), shared[1]
+        failure = failure or (RunFolderError(message) if message else None)
+    if failure:
+        raise failure
+    try:
+        yield run_dir
+    finally:
+        if rank == 0:
+            lock.release()
+
+
+def run_training(cfg: DictConfig | None, resume_dir: Path | None = None) -> dict[str, Any]:
+    """A fresh run of `cfg`, or the run in `resume_dir` continued with its saved config."""
+    state = None
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         state = checkpoint.load(resume_dir / "checkpoint.pt")
         cfg = config_from_dict(state["config"])
         cfg.run.dir = str(resume_dir)
-    else:
-        state = None
     validate(cfg)
+    with owned_run_dir(cfg) as run_dir:
+        if state is None and (run_dir / "checkpoint.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
+        return _train(cfg, run_dir, state)
+
+
+def _train(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None) -> dict[str, Any]:
     seed_everything(cfg)
     splits = build_splits(cfg, tuple(dict.fromkeys(["train", *cfg.eval.splits])))
     check_splits(cfg, splits)
-    check_steps(cfg.optim.batch_size, len(splits["train"]), dist.get_world_size() if dist.is_initialized() else 1)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    check_steps(cfg.optim.batch_size, len(splits["train"]), world)
     job = Job(cfg, splits)
-    run_dir = make_run_dir(cfg)
-    if job.world > 1:  # rank 0 names the run folder (timestamps may differ across ranks)
-        shared = [str(run_dir)]
-        dist.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])
-    if state is None and run_dir.exists() and (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
     recorder = RunRecorder(run_dir, cfg, resume=state is not None, active=job.rank == 0)
     history: list[dict] = []
     best: dict = {"epoch": None, "val_accuracy": -1.0}

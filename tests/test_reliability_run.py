@@ -90,6 +90,41 @@ def refused(capsys, argv, *fragments):
     return out
 
 
+# ---- fault 2: one live process per run folder ----
+
+def test_second_process_on_a_run_folder_is_refused(tmp_path, stray_processes):
+    run = tmp_path / "run"
+    both = [subprocess.Popen(ldl("train", *small(run)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outcomes = sorted((proc.wait(timeout=120), proc.stdout.read()) for proc in both)
+    (ok, _), (code, out) = outcomes
+    assert (ok, code) == (0, 2), outcomes
+    assert "is in use by process" in out and str(run) in out and "Traceback" not in out, out
+    assert epochs_recorded(run) == list(range(1, EPOCHS + 1))
+    assert not (run / ".lock").exists()
+
+
+def test_resume_of_a_run_owned_by_a_live_process_is_refused(tmp_path, capsys, live_process):
+    run = tmp_path / "run"
+    run_training(load_config(None, small(run, "optim.epochs=1")))
+    write_lock(run, live_process.pid)
+    refused(capsys, ["train", "--resume", run], f"is in use by process {live_process.pid}")
+    assert (run / ".lock").exists()   # the owner's lock is left alone
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
+    run = tmp_path / "run"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_lock(run, dead.pid)
+    with pytest.warns(UserWarning, match="stale lock"):
+        run_training(load_config(None, small(run, "optim.epochs=1")))
+    write_lock(run, os.getpid(), started="1")   # this PID, but a process started at another time: reused
+    with pytest.warns(UserWarning, match="stale lock"):
+        run_training(None, resume_dir=run)
+    assert not (run / ".lock").exists()
+
+
 # ---- fault 6: degenerate settings never give a "finished" untrained run ----
 
 @pytest.mark.parametrize("epochs", [0, -1])
@@ -137,6 +172,14 @@ def read_only_folder(tmp_path):
         return folder
     (folder / "probe").rmdir()
     pytest.skip(f"no read-only folder available here ({folder} is writable)")
+
+
+def test_read_only_run_root_is_an_error_before_the_data_build(tmp_path, capsys):
+    root, cache = read_only_folder(tmp_path), tmp_path / "cache"
+    args = [a for a in small("x") if not a.startswith("run.dir")]
+    refused(capsys, ["train", *args, f"run.root={root}", f"data.cache_dir={cache}"],
+            f"cannot write the run folder {root}/")
+    assert not list(cache.iterdir())   # nothing was built
 
 
 def test_unwritable_cache_dir_is_an_error(tmp_path, capsys):

@@ -1,0 +1,138 @@
+"""One live process per run folder: `<run_dir>/.lock` names the owner (PID, host, start time).
+
+The lock file is created with O_CREAT|O_EXCL and removed on release.  A lock whose process is
+gone (no such PID on this host, a zombie, or a PID reused by a later process: its start time
+differs) is stale and is taken over with a warning.  Checking and taking happen under a short
+flock on the folder, so two processes can never both take over one stale lock, and a reader
+never sees a lock file before its owner is written.  A lock from another host cannot be
+checked and counts as live.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used: unwritable, or owned by another live process."""
+
+
+class RunLockedError(RunFolderError):
+    """Another live process owns the run folder."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    host: str
+    started: str | None  # the process's start time in clock ticks since boot (Linux), else None
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on {self.host}"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def current_owner() -> Owner:
+    stat = _proc_stat(os.getpid())
+    return Owner(os.getpid(), socket.gethostname(), stat[19] if stat else None)
+
+
+def is_alive(owner: Owner) -> bool:
+    if owner.host != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    stat = _proc_stat(owner.pid)
+    if stat is None:
+        return True
+    return stat[0] != "Z" and (owner.started is None or stat[19] == owner.started)
+
+
+def read_owner(run_dir: Path) -> Owner | None:
+    """The owner named by the folder's lock file; None without a lock, or with a garbled one
+    (left by a process that died between creating and writing it)."""
+    try:
+        return Owner(**json.loads((Path(run_dir) / LOCK_NAME).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def live_owner(run_dir: Path) -> Owner | None:
+    """The live process that owns the run folder, if any."""
+    owner = read_owner(run_dir)
+    return owner if owner is not None and is_alive(owner) else None
+
+
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """Serialise lock checks and changes among processes on this folder (released on close,
+    also when the process dies)."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """Ownership of a run folder (created if needed) from `acquire()` to `release()`."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.path = self.dir / LOCK_NAME
+        self.owner = current_owner()
+        self.created_dir = False
+
+    def acquire(self) -> None:
+        try:
+            self.created_dir = not self.dir.exists()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with _exclusive(self.dir):
+                self._take()
+        except OSError as err:
+            raise RunFolderError(f"cannot write the run folder {self.dir}: {err.strerror or err}") from None
+
+    def _take(self) -> None:
+        if self.path.exists():
+            holder = read_owner(self.dir)
+            if holder is not None and is_alive(holder):
+                raise RunLockedError(f"{self.dir} is in use by {holder} (lock file {self.path}); "
+                                     "wait for that run to end or stop it")
+            warnings.warn(f"{self.dir}: taking over a stale lock ({holder or 'unreadable'}, no longer running)")
+            self.path.unlink()
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self.owner), f)
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours, and the folder if this lock created it and
+        nothing else was written there (a run refused before its first record)."""
+        if not self.dir.is_dir():  # removed while the run held it
+            return
+        with _exclusive(self.dir):
+            if read_owner(self.dir) == self.owner:
+                self.path.unlink()
+        if self.created_dir and not any(self.dir.iterdir()):
+            self.dir.rmdir()
