@@ -180,11 +180,18 @@ class Check:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def record(self, name: str, result: dict) -> None:
-        """One step's result into the results file (merged with ldl bench's sections) and OUT_DIR."""
+        """One step's result, written at once: a call cut off later keeps it."""
         self.steps[name] = result
         detail = result.get("error") or result.get("reason") or ""
         self.log(f"{name}: {result['status']} {detail[:300]}")
-        results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        self.write()
+
+    def results(self) -> dict:
+        return json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+
+    def write(self) -> None:
+        """The check's record into the results file (beside ldl bench's sections), copied to OUT_DIR."""
+        results = self.results()
         results["gpu_check"] = {**self.header, "seconds": self.clock.elapsed(), "steps": self.steps}
         self.results_path.write_text(json.dumps(results, indent=1, default=str))
         if self.results_dir.resolve() != self.out.resolve():
@@ -624,6 +631,20 @@ def pack_study(study: Path, archive: Path) -> None:
                     tar.add(summary.parent / name, arcname=f"gpu_paper_study/{summary.parent.name}/{name}")
 
 
+def goals(results: dict) -> dict:
+    """The issue's goals, read off the results (None: not measured in this file)."""
+    train, run = results.get("train", {}), results.get("run", {})
+    knn = {f"{row['dim']}-d": row["seconds"] for row in results.get("knn", [])
+           if row["n"] == 287651 and row["backend"] == "torch"}
+    methods = results.get("gpu_check", {}).get("steps", {}).get("methods", {}).get("parts", {})
+    return {"ce_loop_over_raw (>= 0.70)": train.get("ce", {}).get("loop_over_raw"),
+            "ldlva_epoch_time_over_ce (<= 1.15)": train.get("ldlva", {}).get("epoch_time_over_ce"),
+            "run_wall_s (<= 300 for 60 epochs)": run.get("wall_s"), "run_epochs": run.get("epochs"),
+            "knn_287651_torch_s (<= 2)": knn or None,
+            "methods_ok": sorted(m for m, r in methods.items() if r["status"] == "ok" and "epochs" in r),
+            "peak_gpu_memory_mb": {m: r["peak_gpu_memory_mb"] for m, r in methods.items() if "peak_gpu_memory_mb" in r}}
+
+
 def environment(check: Check) -> dict:
     import torch
 
@@ -690,6 +711,9 @@ def main(argv: list[str]) -> int:
         finally:
             if render is not None and render.poll() is None:
                 os.killpg(render.pid, signal.SIGKILL)
+        check.header["goals"] = goals(check.results())
+        check.write()
+        check.log("goals: " + json.dumps(check.header["goals"], default=str))
         check.log(f"done in {check.clock.elapsed():.0f} s: "
                   + ", ".join(f"{name} {r['status']}" for name, r in check.steps.items()))
         return 1 if any(r["status"] == "failed" for r in check.steps.values()) else 0

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh --dry-run: every step of issue 17's GPU check runs on the CPU at tiny
-size and reports its status, and the results file is written."""
+"""benchmarks/gpu_check.sh (issue 17): its dry run runs every step on the CPU at tiny size, reports
+each one's status and writes the results file; a run that fails is recorded and the next one runs."""
+import importlib.util
 import json
 import os
 import socket
@@ -57,3 +58,25 @@ def test_dry_run_reports_every_step_and_writes_the_results(tmp_path):
     assert {"train", "knn", "run"} <= set(results["b"])           # ldl bench's sections, merged into the file
     assert ran["study"]["finished"] == ran["study"]["planned"] == 2
     assert (tmp_path / "b" / "out" / "gpu_study.tar.gz").is_file()
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module   # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_run_is_recorded_and_the_next_one_runs(tmp_path):
+    gpu_check = load_gpu_check()
+    tiny = ["device=cpu", "log.wandb=disabled", "log.progress=false", "data.image_size=32", "model.width=8",
+            "model.stem=small", "data.synthetic.num_train=128", "data.synthetic.num_val=32",
+            "data.synthetic.num_test=32", "optim.epochs=1", "optim.batch_size=64"]
+    tasks = [{"name": "bad", "overrides": [*tiny, "method.name=no_such_method"]},
+             {"name": "good", "overrides": [*tiny, f"run.dir={tmp_path / 'good'}"]}]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    assert gpu_check.worker_runs(tmp_path / "tasks.json", tmp_path / "records.jsonl") == 0
+    records = {r["name"]: r for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())}
+    assert records["bad"]["status"] == "failed" and "no_such_method" in records["bad"]["error"]
+    assert records["good"]["status"] == "ok" and records["good"]["epochs"] == 1
