@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ldl.config import ConfigError, load_config
+from ldl.lifeline import follow_parent, sigterm_exits
 
 console = Console(width=120)
 MAIN_METRICS = {"accuracy": "acc", "mean_class_accuracy": "mean-class acc", "macro_f1": "macro-F1",
@@ -95,7 +96,7 @@ def _noise(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ldl.sweep import expand, load_sweep, register_with_wandb, run_local
+    from ldl.sweep import RUNNING_ELSEWHERE, expand, load_sweep, register_with_wandb, run_local
 
     spec = load_sweep(Path(args.file))
     if args.wandb:
@@ -109,9 +110,13 @@ def _sweep(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("sweeps") / Path(args.file).stem)
     status = run_local(spec, out, args.workers, args.seed)
     failed = [k for k, v in status.items() if v["state"] == "failed"]
-    console.print(f"{len(status) - len(failed)} runs finished, {len(failed)} failed -> {out}")
+    elsewhere = {k: v["owner"] for k, v in status.items() if v["state"] == RUNNING_ELSEWHERE}
+    finished = sum(v["state"] == "finished" for v in status.values())
+    console.print(f"{finished} runs finished, {len(failed)} failed, {len(elsewhere)} running elsewhere -> {out}")
     for run_id in failed:
         console.print(f"[red]failed[/]: {run_id} (see {out / run_id / 'error.txt'})")
+    for run_id, owner in elsewhere.items():
+        console.print(f"[yellow]running elsewhere[/]: {run_id} (owned by {owner}; left to it)")
     console.print(f"report: ldl report {out}")
     return 1 if failed else 0
 
@@ -291,12 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    follow_parent()
     try:
-        return args.func(args)
+        with sigterm_exits():
+            return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, FileExistsError) as err:  # SweepError, DataError too
         # one line, as given: never wrapped, and brackets in it (eval.splits=[x]) are not markup
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,26 +18,34 @@ registered as a real wandb sweep for agents on many machines (needs a wandb serv
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ldl.lifeline import child_env
+from ldl.runlock import live_owner
+
 SWEEP_METHODS = ("grid", "random")
 ARGS_TOKEN = "${args_no_hyphens}"
+RUNNING_ELSEWHERE = "running elsewhere"
+STOP_GRACE_S = 10.0  # a stopped child's time to save and release its run folder before SIGKILL
 
 
 class SweepError(ValueError):
@@ -125,6 +133,7 @@ def expand(spec: dict, seed: int = 0) -> list[SweepRun]:
 
 
 def _command(spec: dict, run: SweepRun, run_dir: Path) -> list[str]:
+    """Resume when the folder holds a checkpoint (the caller has checked that no live process owns it)."""
     args = []
     for part in spec["command"][2:]:
         args.extend(run.overrides if part == ARGS_TOKEN else [part])
@@ -134,9 +143,80 @@ def _command(spec: dict, run: SweepRun, run_dir: Path) -> list[str]:
     return base + args + [f"run.dir={run_dir}", "log.progress=false"]
 
 
+class Children:
+    """The sweep's running children.  Each leads its own process group (start_new_session), so
+    a signal reaches the child and whatever it started, and a Ctrl-C at the terminal reaches
+    the sweep only, which decides what the children get."""
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.RLock()  # re-entered by a signal handler that interrupts signal()
+        self.stopping = threading.Event()
+        self.signalled = False
+
+    def run(self, command: list[str], **popen_args: Any) -> int | None:
+        """The child's exit code; None if the sweep is stopping and it was not started."""
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            proc = subprocess.Popen(command, start_new_session=True, **popen_args)
+            self._running.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+
+    def signal(self, signum: int) -> None:
+        with self._lock:
+            self.signalled = True
+            for proc in self._running:
+                if proc.poll() is None:  # never signal a reaped (reusable) process id
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signum)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Start no more children; SIGTERM the running ones unless a signal was forwarded to
+        them already (a second one could cut short their cleanup), SIGKILL what is left after
+        `grace_s`."""
+        self.stopping.set()
+        if not self.signalled:
+            self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.signal(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _forwarding_signals(children: Children) -> Iterator[None]:
+    """SIGINT and SIGTERM go to every child's group and end the sweep (KeyboardInterrupt /
+    SystemExit), which then stops the children.  Signal handlers belong to the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: object) -> None:
+        children.stopping.set()
+        children.signal(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int = 0,
               extra_overrides: tuple[str, ...] = (), progress: bool = True) -> dict:
-    """Run every sweep run not yet finished; returns {run_id: status}."""
+    """Run every sweep run not yet finished; returns {run_id: status}.  A run whose folder is
+    owned by a live process (another sweep, a manual `ldl train --resume`) is left to it and
+    marked "running elsewhere".  The children end with the sweep: on SIGINT/SIGTERM, on an
+    error, and (through their own watch) when the sweep is killed."""
     runs = expand(spec, seed)
     for run in runs:
         run.overrides = run.overrides + list(extra_overrides)
@@ -152,32 +232,41 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
         if r not in todo:
             status[r.run_id] = {"state": "finished", "overrides": r.overrides}
 
-    def launch(slot: int, run: SweepRun) -> tuple[SweepRun, int, float]:
+    children = Children()
+
+    def launch(slot: int, run: SweepRun) -> tuple[SweepRun, dict]:
         run_dir = out_dir / run.run_id
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        owner = live_owner(run_dir)
+        if owner is not None:
+            return run, {"state": RUNNING_ELSEWHERE, "overrides": run.overrides, "owner": str(owner)}
+        env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         start = time.perf_counter()
         log = out_dir / f"{run.run_id}.log"
         with open(log, "w") as f:
-            code = subprocess.run(_command(spec, run, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        return run, code, time.perf_counter() - start
+            code = children.run(_command(spec, run, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env)
+        if code is None or (code != 0 and children.stopping.is_set()):
+            return run, {"state": "interrupted", "overrides": run.overrides}
+        if code == 0:
+            return run, {"state": "finished", "overrides": run.overrides,
+                         "seconds": round(time.perf_counter() - start, 1)}
+        tail = log.read_text()[-2000:]
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "error.txt").write_text(tail)
+        return run, {"state": "failed", "overrides": run.overrides, "exit_code": code, "error": tail}
 
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
+    with _forwarding_signals(children), ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", disable=not progress) as bar:
-        futures = [pool.submit(launch, i, run) for i, run in enumerate(todo)]
-        for future in as_completed(futures):
-            run, code, seconds = future.result()
-            if code == 0:
-                status[run.run_id] = {"state": "finished", "overrides": run.overrides, "seconds": round(seconds, 1)}
-            else:
-                tail = (out_dir / f"{run.run_id}.log").read_text()[-2000:]
-                status[run.run_id] = {"state": "failed", "overrides": run.overrides, "exit_code": code, "error": tail}
-                (out_dir / run.run_id).mkdir(exist_ok=True)
-                (out_dir / run.run_id / "error.txt").write_text(tail)
-            status_path.write_text(json.dumps(status, indent=1))
-            bar.update(1)
-            bar.set_postfix(failed=sum(s["state"] == "failed" for s in status.values()))
+        try:
+            futures = [pool.submit(launch, i, run) for i, run in enumerate(todo)]
+            for future in as_completed(futures):
+                run, status[run.run_id] = future.result()
+                status_path.write_text(json.dumps(status, indent=1))
+                bar.update(1)
+                bar.set_postfix(failed=sum(s["state"] == "failed" for s in status.values()))
+        finally:  # normal end: nothing is running; signal or error: the children go too
+            children.stop()
     status_path.write_text(json.dumps(status, indent=1))
     return status
 

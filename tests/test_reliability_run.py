@@ -125,6 +125,60 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     assert not (run / ".lock").exists()
 
 
+# ---- fault 3: a sweep's runs end with it, and a rerun never races them ----
+
+def sweep_file(tmp_path, seeds):
+    overrides = [o for o in small("x") if not o.startswith("run.dir")]
+    spec = {"method": "grid", "command": ["ldl", "train", *overrides, "${args_no_hyphens}"],
+            "parameters": {"seed": {"values": seeds}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start_sweep(tmp_path, seeds):
+    """A sweep of one run per seed, all at once, in its own session; returned once every run
+    has finished its first epoch."""
+    path, out = sweep_file(tmp_path, seeds), tmp_path / "sweep"
+    proc = subprocess.Popen(ldl("sweep", path, "--out", out, "--workers", len(seeds)), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: len(list(out.glob("*/checkpoint.pt"))) == len(seeds), 120, "every run's first epoch")
+    return proc, path, out
+
+
+def test_killed_sweep_leaves_no_orphans_and_rerun_resumes_once(tmp_path, stray_processes):
+    sweep, path, out = start_sweep(tmp_path, [0, 1])
+    sweep.kill()
+    sweep.wait()
+    wait_until(lambda: not living(tmp_path), 20, "the killed sweep's runs to end")
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "2"]) == 0
+    for run in [d for d in out.iterdir() if d.is_dir()]:
+        assert epochs_recorded(run) == list(range(1, EPOCHS + 1)), run
+        assert len(json.loads((run / "meta.json").read_text())["resumed_at"]) == 1, run
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopped_sweep_stops_its_runs_and_releases_their_folders(tmp_path, stray_processes, signum, code):
+    sweep, _, out = start_sweep(tmp_path, [0])
+    sweep.send_signal(signum)
+    assert sweep.wait(timeout=30) == code
+    wait_until(lambda: not living(tmp_path), 20, "the stopped sweep's runs to end")
+    assert not list(out.glob("*/.lock"))
+
+
+def test_sweep_leaves_a_folder_owned_by_a_live_process_alone(tmp_path, live_process):
+    from ldl.sweep import expand, load_sweep, run_local
+    path, out = sweep_file(tmp_path, [0]), tmp_path / "sweep"
+    run = out / expand(load_sweep(path))[0].run_id
+    write_lock(run, live_process.pid)
+    (run / "checkpoint.pt").write_bytes(b"being written by its owner")
+    status = run_local(load_sweep(path), out, workers=1, progress=False)
+    assert [s["state"] for s in status.values()] == ["running elsewhere"]
+    assert str(live_process.pid) in next(iter(status.values()))["owner"]
+    assert not list(out.glob("*.log"))   # nothing was started on it
+    assert (run / "checkpoint.pt").read_bytes() == b"being written by its owner"
+
+
 # ---- fault 6: degenerate settings never give a "finished" untrained run ----
 
 @pytest.mark.parametrize("epochs", [0, -1])

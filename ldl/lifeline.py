@@ -1,0 +1,60 @@
+"""How an `ldl` process ends when it is told to, or when the sweep that started it is gone.
+
+SIGTERM becomes SystemExit, so `finally` blocks run (the run folder's lock is released, temporary
+files removed) as they do on Ctrl-C.
+
+A sweep's child must not outlive the sweep, even one killed with SIGKILL, which it cannot
+forward.  The sweep names itself in the child's environment (PARENT_ENV); the child watches its
+parent PID from a daemon thread and terminates itself once it has been reparented.  A watch
+thread rather than prctl(PR_SET_PDEATHSIG) in a preexec_fn: the sweep starts children from
+worker threads, where preexec_fn may deadlock and PDEATHSIG fires when the starting *thread*
+ends; getppid works the same on Linux and macOS, and the check at start covers a sweep that
+died before the child ran.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+PARENT_ENV = "LDL_SWEEP_PARENT"
+WATCH_INTERVAL_S = 0.5
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a child that must end with this process."""
+    return {**env, PARENT_ENV: str(os.getpid())}
+
+
+def follow_parent() -> None:
+    """If started by a sweep, terminate (SIGTERM to self) as soon as the sweep is gone."""
+    parent = os.environ.pop(PARENT_ENV, None)  # popped: the child's own children are not watched
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(WATCH_INTERVAL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="ldl-parent-watch", daemon=True).start()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) (signal handlers belong to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
