@@ -17,8 +17,9 @@ reports ok, failed with its error, or skipped with the reason, and a failure nev
               (deterministic_cuda=true).
   3 bench     `ldl bench` sections train (every method), knn (12,271 and 287,651 points, 2-d and
               512-d; torch on the GPU, the KD-tree on CPU) and run (60 epochs), each with a time cap.
-  4 torchrun  `torchrun --nproc_per_node=1 -m ldl.cli train` for one epoch, and a DDP step on
-              NCCL under torchrun (ldl joins a process group only when WORLD_SIZE > 1).
+  4 torchrun  `torchrun --nproc_per_node=1` of a worker that takes two DDP steps with an
+              all-reduce on NCCL, then runs `ldl train` (ldl.cli's main) for one epoch in the same
+              process: ldl itself joins a process group only when WORLD_SIZE > 1.
   5 study     experiments/sweeps/gpu_paper_study.yaml with what is left of the budget.
 Everything goes to <results>/bench-<host>-<gpu|cpu>.json (key gpu_check, beside ldl bench's own
 sections), rewritten after each step and copied with gpu_check.log (and gpu_study.tar.gz: the
@@ -88,7 +89,8 @@ GPU = Scale(
     parity=("data.image_size=48", "data.synthetic.num_train=8192", "data.synthetic.num_val=256",
             "data.synthetic.num_test=2048", "model.width=16", "model.stem=small", "optim.batch_size=128"),
     method_epochs=5, compile_epochs=2, resume_epochs=3,
-    caps={"methods": 200, "parity": 75, "torchrun": 45, "bench_train": 90, "bench_knn": 60, "bench_run": 150},
+    # The 60-epoch run may take what is left, up to its goal: it goes before the study.
+    caps={"methods": 200, "parity": 75, "torchrun": 45, "bench_train": 90, "bench_knn": 60, "bench_run": 300},
     knn_sizes="12271,287651", bench_run=())
 DRY = Scale(
     device="cpu",
@@ -202,6 +204,11 @@ def skipped(reason: str) -> dict:
     return {"status": "skipped", "reason": reason}
 
 
+def failure(err: Exception) -> dict:
+    """An exception as a failed part's record (the caller goes on with the next part)."""
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+
+
 def combine(parts: dict[str, dict]) -> dict:
     """A step's status from its parts': failed if any failed, skipped if all were, else ok."""
     failed = [name for name, part in parts.items() if part["status"] == "failed"]
@@ -294,8 +301,7 @@ def worker_runs(tasks_path: Path, records_path: Path) -> int:
         try:
             record = render_task(task) if "render" in task else train_task(task)
         except Exception as err:  # recorded, and the next method runs
-            record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                      "traceback": traceback.format_exc()[-3000:]}
+            record = failure(err)
         with open(records_path, "a") as f:
             f.write(json.dumps({"name": task["name"], **record}) + "\n")
         gc.collect()
@@ -354,7 +360,7 @@ def worker_torchrun(argv: list[str]) -> int:
     try:
         record = ddp_step(argv[1:])
     except Exception as err:  # recorded; the training epoch still runs
-        record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+        record = failure(err)
     Path(argv[0]).write_text(json.dumps(record))
     return cli_main(["train", *argv[1:]])
 
@@ -450,7 +456,8 @@ def step_parity(check: Check) -> dict:
                                           f"run.dir={check.work / 'parity' / name}"]}
              for name, extra in variants.items()]
     resume_cfg = check.overrides("method.name=ce", f"optim.epochs={s.resume_epochs}", "deterministic_cuda=true")
-    tasks.append({"name": "resume_reference", "overrides": [*resume_cfg, f"run.dir={check.work / 'resume' / 'reference'}"]})
+    reference_dir = check.work / "resume" / "reference"
+    tasks.append({"name": "resume_reference", "overrides": [*resume_cfg, f"run.dir={reference_dir}"]})
     runs = run_tasks(check, tasks, cap_end - time.monotonic(), "parity")
     parts: dict[str, dict] = {}
     cpu = runs["cpu"]
@@ -458,7 +465,8 @@ def step_parity(check: Check) -> dict:
         if name == "cpu":
             continue
         if runs[name]["status"] != "ok" or cpu["status"] != "ok":
-            parts[name] = runs[name] if runs[name]["status"] != "ok" else {**cpu, "error": "the CPU run failed"}
+            parts[name] = runs[name] if runs[name]["status"] != "ok" else {
+                **cpu, "error": f"the CPU run did not finish: {cpu.get('error') or cpu.get('reason')}"}
             continue
         verdict = compare(cpu, runs[name])
         ok = verdict["exact"] if check.dry else verdict["within_tolerance"]
@@ -493,7 +501,8 @@ def kill_and_resume(check: Check, overrides: list[str], reference: dict, cap_end
     killed_at = load(run_dir / "checkpoint.pt")["epoch"]
     if (run_dir / "summary.json").exists() or killed_at >= len(reference["train_loss"]):
         return {"status": "failed", "error": f"the run had finished (epoch {killed_at}) when it was killed"}
-    resumed = check.run([sys.executable, "-m", "ldl.cli", "train", "--resume", str(run_dir)], cap_end - time.monotonic())
+    resumed = check.run([sys.executable, "-m", "ldl.cli", "train", "--resume", str(run_dir)],
+                        cap_end - time.monotonic())
     if resumed["status"] != "ok":
         return resumed
     history = _history(run_dir)
@@ -512,8 +521,9 @@ def kill_and_resume(check: Check, overrides: list[str], reference: dict, cap_end
 def step_torchrun(check: Check) -> dict:
     """`torchrun --nproc_per_node=1` running the DDP step and then `ldl train` for one epoch."""
     run_dir, ddp_path = check.work / "torchrun", check.work / "torchrun-ddp.json"
+    train_args = check.overrides("method.name=ce", "optim.epochs=1", f"run.dir={run_dir}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", __file__,
-           "worker", "torchrun", str(ddp_path), *check.overrides("method.name=ce", "optim.epochs=1", f"run.dir={run_dir}")]
+           "worker", "torchrun", str(ddp_path), *train_args]
     train = check.run(cmd, check.clock.allow(check.scale.caps["torchrun"]), {**check.env, "NCCL_DEBUG": "WARN"})
     ddp = json.loads(ddp_path.read_text()) if ddp_path.exists() else {
         "status": "failed", "error": f"no record of the DDP step: {train.get('error')}"}
@@ -533,7 +543,7 @@ def step_bench(check: Check) -> dict:
     options = {"train": ("--methods", "ce,ldlva") if check.dry else (),
                "knn": ("--knn-sizes", s.knn_sizes, "--knn-budget", "60"), "run": s.bench_run}
     calls = [("train", "knn", "run")] if check.dry else [(section,) for section in options]
-    bench = [sys.executable, __file__, "worker", "bench-tiny"] if check.dry else [sys.executable, "-m", "ldl.cli", "bench"]
+    bench = [sys.executable, *([__file__, "worker", "bench-tiny"] if check.dry else ["-m", "ldl.cli", "bench"])]
     parts = {}
     for sections in calls:
         cmd = [*bench, "--out", str(check.results_dir), "--sections", ",".join(sections),
@@ -563,7 +573,8 @@ def study_file(check: Check) -> Path:
 
 
 def start_study_render(check: Check) -> subprocess.Popen | None:
-    """Render the study's data set in the background while steps 1-4 use the GPU."""
+    """Render the study's data set in the background while steps 1-4 use the GPU (niced, on half the
+    cores: the GPU steps' own host threads come first)."""
     if check.dry:
         return None
     import yaml
@@ -573,8 +584,8 @@ def start_study_render(check: Check) -> subprocess.Popen | None:
     env = {**check.env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
     check.log("background: render the study's data set")
     with open(check.log_path, "a") as log:
-        return subprocess.Popen([sys.executable, __file__, "worker", "render", *COMMON, *data], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        return subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "worker", "render", *COMMON, *data],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
 
 
 def step_study(check: Check, render: subprocess.Popen | None) -> dict:
@@ -682,7 +693,7 @@ def run_step(check: Check, step: Callable[[Check], dict]) -> dict:
     try:
         return step(check)
     except Exception as err:  # a bug in a step is recorded like any failure, and the next step runs
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+        return failure(err)
 
 
 def main(argv: list[str]) -> int:
