@@ -23,7 +23,8 @@ reports ok, failed with its error, or skipped with the reason, and a failure nev
   5 study     experiments/sweeps/gpu_paper_study.yaml with what is left of the budget.
 Everything goes to <results>/bench-<host>-<gpu|cpu>.json (key gpu_check, beside ldl bench's own
 sections), rewritten after each step and copied with gpu_check.log (and gpu_study.tar.gz: the
-study's run records) to OUT_DIR.
+study's run records) to OUT_DIR.  A later call with --steps (say --steps 5 --budget 540 for more of
+the study) keeps the other steps' records in that file.
 
 --dry-run runs every step on the CPU at tiny size: device=cpu, CUDA hidden from every process,
 gloo instead of NCCL, the two CPU runs of step 2 must agree exactly, and compile=true traced
@@ -146,6 +147,8 @@ class Check:
         if self.dry:
             self.env["CUDA_VISIBLE_DEVICES"] = ""   # every process on the CPU, even on a GPU machine
         self.steps: dict[str, dict] = {}
+        # A later call with --steps keeps what an earlier call recorded for the other steps.
+        self.earlier: dict[str, dict] = self.results().get("gpu_check", {}).get("steps", {})
         self.header: dict[str, Any] = {}
 
     def log(self, message: str) -> None:
@@ -183,7 +186,7 @@ class Check:
 
     def record(self, name: str, result: dict) -> None:
         """One step's result, written at once: a call cut off later keeps it."""
-        self.steps[name] = result
+        self.steps[name] = {**result, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         detail = result.get("error") or result.get("reason") or ""
         self.log(f"{name}: {result['status']} {detail[:300]}")
         self.write()
@@ -642,12 +645,12 @@ def pack_study(study: Path, archive: Path) -> None:
                     tar.add(summary.parent / name, arcname=f"gpu_paper_study/{summary.parent.name}/{name}")
 
 
-def goals(results: dict) -> dict:
-    """The issue's goals, read off the results (None: not measured in this file)."""
+def goals(results: dict, steps: dict[str, dict]) -> dict:
+    """The issue's goals, read off ldl bench's sections and step 1 (None: not measured)."""
     train, run = results.get("train", {}), results.get("run", {})
     knn = {f"{row['dim']}-d": row["seconds"] for row in results.get("knn", [])
            if row["n"] == 287651 and row["backend"] == "torch"}
-    methods = results.get("gpu_check", {}).get("steps", {}).get("methods", {}).get("parts", {})
+    methods = steps.get("methods", {}).get("parts", {})
     return {"ce_loop_over_raw (>= 0.70)": train.get("ce", {}).get("loop_over_raw"),
             "ldlva_epoch_time_over_ce (<= 1.15)": train.get("ldlva", {}).get("epoch_time_over_ce"),
             "run_wall_s (<= 300 for 60 epochs)": run.get("wall_s"), "run_epochs": run.get("epochs"),
@@ -718,16 +721,19 @@ def main(argv: list[str]) -> int:
         try:
             for number in STEP_ORDER:
                 name, step = steps[number]
-                check.record(name, run_step(check, step) if number in wanted else skipped("not asked for (--steps)"))
+                if number in wanted:
+                    check.record(name, run_step(check, step))
+                else:
+                    check.steps[name] = check.earlier.get(name) or skipped("not asked for (--steps)")
         finally:
             if render is not None and render.poll() is None:
                 os.killpg(render.pid, signal.SIGKILL)
-        check.header["goals"] = goals(check.results())
+        check.header["goals"] = goals(check.results(), check.steps)
         check.write()
         check.log("goals: " + json.dumps(check.header["goals"], default=str))
-        check.log(f"done in {check.clock.elapsed():.0f} s: "
-                  + ", ".join(f"{name} {r['status']}" for name, r in check.steps.items()))
-        return 1 if any(r["status"] == "failed" for r in check.steps.values()) else 0
+        ran = {steps[number][0]: check.steps[steps[number][0]]["status"] for number in STEP_ORDER if number in wanted}
+        check.log(f"done in {check.clock.elapsed():.0f} s: " + ", ".join(f"{n} {status}" for n, status in ran.items()))
+        return 1 if "failed" in ran.values() else 0
 
 
 if __name__ == "__main__":
