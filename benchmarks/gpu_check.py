@@ -179,7 +179,8 @@ class Check:
         if code == 0:
             return {"status": "ok", "seconds": seconds}
         error = f"timed out after {timeout:.0f} s" if code is None else f"exit code {code}"
-        return {"status": "failed", "seconds": seconds, "error": f"{error}: {self.log_tail()}"}
+        return {"status": "failed", "seconds": seconds, "timed_out": code is None,
+                "error": f"{error}: {self.log_tail()}"}
 
     def log_tail(self, chars: int = 1500) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -618,6 +619,8 @@ def step_study(check: Check, render: subprocess.Popen | None) -> dict:
               "finished": len(finished), "planned": len(runs), "seconds": sweep.get("seconds"), "runs": table}
     if failed:
         return {"status": "failed", "error": f"runs failed: {', '.join(failed)}", **result}
+    if sweep["status"] == "failed" and not sweep["timed_out"]:   # the sweep itself broke
+        return {**result, "status": "failed", "error": sweep["error"]}
     if not finished:
         return {"status": "skipped", "reason": f"no run finished in {allowed:.0f} s", **result}
     return {"status": "ok", **result}
