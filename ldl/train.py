@@ -37,8 +37,10 @@ SCALAR_TYPES = (int, float)
 
 
 def init_distributed() -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    """Join the process group when launched by torchrun (even with one process, so that a 1-GPU
+    torchrun exercises NCCL as a larger one does): NCCL on GPUs, gloo on CPUs."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -230,6 +232,8 @@ def _check_consistency(job: Job) -> dict:
     of squares (float64) are gathered from every rank and compared exactly."""
     def fingerprint(module: torch.nn.Module) -> torch.Tensor:
         values = [t.double() for t in module.state_dict().values() if t.is_floating_point() or t.dtype == torch.long]
+        if not values:  # a method without state (CE)
+            return torch.zeros(0, dtype=torch.float64, device=job.device)
         return torch.stack([torch.stack([v.sum(), (v * v).sum()]) for v in values]).flatten().to(job.device)
 
     result = {"world_size": job.world}

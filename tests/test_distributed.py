@@ -18,7 +18,7 @@ def torchrun(args, nproc):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["ldlva", "slm_aea"])
+@pytest.mark.parametrize("method", ["ce", "ldlva", "slm_aea"])   # ce: a method without state
 def test_two_processes_keep_per_sample_state_consistent_and_gather_metrics(tmp_path, method):
     extra = [f"method.name={method}", "optim.epochs=2", "data.noise.type=symmetric", "data.noise.rate=0.3",
              "method.slm_aea.beta=1.0", "data.synthetic.num_train=800", "model.width=8"]

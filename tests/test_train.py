@@ -111,7 +111,7 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     from ldl import checkpoint
 
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save_atomic({"epoch": 1}, path)
+    checkpoint.save_atomic({"epoch": 1, "config": {}, "model": {}}, path)   # load checks an ldl checkpoint's keys
 
     def crash(obj, f, *a, **k):
         f.write(b"partial")
