@@ -1,16 +1,23 @@
 """`ldl report RUNS...`: report.md and a self-contained report.html from run folders.
 
-Runs are grouped by (dataset, protocol, method, noise type, noise rate) and by every other
-setting of their resolved config.yaml that differs between runs of the same method and protocol (an LDLVA mode, a
+Runs are grouped by (dataset, protocol, method, noise type, realised noise rate) and by every
+other setting of their resolved config.yaml that differs between runs of the same method and protocol (an LDLVA mode, a
 pretrained start, a learning rate), which then names the row, e.g. "ldlva [mode=faithful]";
 only the replicate keys (seed, data.noise.seed) and bookkeeping (run, log, device) are pooled.
+Noise is told by what the labels are, not by what was asked: the realised rate (the share of
+training labels that differ from the clean ones, saved in summary.json) averaged over the seeds
+of one noise setting and rounded to whole percent (one decimal below 0.5 %), so `file 32%` or
+`annotator 28%`; symmetric noise at 0.3 realises round(0.3 N) / N and still reads `symmetric 30%`.
+A run is `clean` only when none of its labels differs.  Settings of one noise type that land on
+the same rounded rate (two label files at 32 %) share a row.
 Runs repeated with the same config and seeds are counted once.  Groups are summarised over
 seeds as mean ± std.  Each protocol (`shared`: one recipe for every method; `paper`: each method
 with its authors' recipe) has its own table, named in its caption.  Every table names the epoch
 it reports: the last epoch, and the test accuracy at the epoch of best validation accuracy.
 Figures: memorisation curves per noise setting (the fit of noisy and of clean training labels,
-the noise-score AUROC and test accuracy per epoch, mean ± band over seeds), accuracy against
-noise rate per method, the
+the noise-score AUROC and test accuracy per epoch, mean ± band over seeds), the noise's
+transition matrix per noisy setting (clean label by given label, row-normalised), accuracy against
+realised noise rate per method, the
 cross-dataset heat map (when a cross.json is among the inputs), confusion matrices, histograms
 of each method's noise score for clean and noisy samples, and reliability diagrams.
 """
@@ -63,8 +70,16 @@ class GroupKey(NamedTuple):
     rate: float
 
     def title(self) -> str:
-        noise = "clean" if self.noise_type == "none" else f"{self.noise_type} {self.rate:.0%}"
-        return f"{self.method} on {self.dataset}, {noise}, {self.protocol} protocol"
+        return f"{self.method} on {self.dataset}, {noise_label(self.noise_type, self.rate)}, {self.protocol} protocol"
+
+
+def noise_label(noise_type: str, rate: float) -> str:
+    """'clean', or the type and realised rate: 'file 32%' (one decimal below 0.5 %)."""
+    if noise_type == "none":
+        return "clean"
+    return f"{noise_type} {rate:.0%}" if rate >= 0.005 else f"{noise_type} {rate:.1%}"
+
+
 BOOKKEEPING_SECTIONS = ("run", "log", "device")
 
 
@@ -85,20 +100,33 @@ def _protocol(summary: dict) -> str:
 
 
 def _noise(summary: dict) -> tuple[str, float]:
+    """(type, realised rate) of a run's training labels, ("none", 0.0) when none differs from its
+    clean label.  Summaries without a realised rate (older runs) give the configured one."""
     noise = summary.get("noise") or {}
-    rate = float(noise.get("rate", 0.0))
-    return (noise.get("type", "none") if rate > 0 else "none", rate)
+    rate = float(noise.get("realised_rate", noise.get("rate", 0.0)))
+    return (noise.get("type", "none"), rate) if rate > 0 else ("none", 0.0)
+
+
+def _setting_noise(runs: list[Path], summaries: dict[Path, dict]) -> tuple[str, float]:
+    """The noise of one setting's runs (they differ in seeds only): the mean realised rate,
+    rounded so that seeds of one setting never split over two rows."""
+    noises = [_noise(summaries[run]) for run in runs]
+    rate = float(np.mean([r for _, r in noises]))
+    types = {t for t, _ in noises if t != "none"}
+    if rate == 0 or len(types) != 1:   # several types in one setting cannot happen: its config fixes the type
+        return "none", 0.0
+    return types.pop(), round(rate, 2) if rate >= 0.005 else round(rate, 3)
 
 
 def _variant_labels(settings: dict[Path, dict], summaries: dict[Path, dict]) -> dict[Path, str]:
     """'method [key=value, ...]' where runs of one method on one dataset under one protocol
-    differ in `key` (noise type and rate have their own column, the protocol its own table)."""
+    differ in `key` (the noise settings have their own column, the protocol its own table)."""
     families: dict[tuple, list[Path]] = defaultdict(list)
     for run, summary in summaries.items():
         families[(summary["dataset"], _protocol(summary), summary["method"])].append(run)
     labels = {}
     for (_, _, method), runs in families.items():
-        keys = sorted({k for r in runs for k in settings[r]} - {"data.noise.type", "data.noise.rate", "protocol"})
+        keys = sorted(k for k in {k for r in runs for k in settings[r]} - {"protocol"} if not k.startswith("data.noise."))
         varying = [k for k in keys if len({repr(settings[r].get(k, "-")) for r in runs}) > 1]
         for run in runs:
             shown = ", ".join(f"{k.removeprefix(f'method.{method}.')}={settings[run].get(k, '-')}" for k in varying)
@@ -116,22 +144,25 @@ def _natural_order(key: GroupKey) -> tuple:
 
 
 def group_runs(runs: list[Path], summaries: dict[Path, dict]) -> tuple[dict[GroupKey, list[Path]], list[Path]]:
-    """Runs by GroupKey (dataset, protocol, method label, noise type, noise rate), in report
-    order; also the runs left out as repeats of a run with the same settings and replicate keys."""
+    """Runs by GroupKey (dataset, protocol, method label, noise type, realised noise rate), in
+    report order; also the runs left out as repeats of a run with the same settings and replicate keys."""
     settings = {run: _setting(run, summaries[run]["method"]) for run in runs}
     labels = _variant_labels(settings, summaries)
-    groups: dict[tuple, list[Path]] = defaultdict(list)
+    by_setting: dict[tuple, list[Path]] = defaultdict(list)
     seen, repeats = set(), []
     for run in runs:
         summary = summaries[run]
         noise_seed = (summary.get("noise") or {}).get("seed")
-        identity = (summary["dataset"], summary["method"], summary["seed"], noise_seed,
-                    tuple(sorted((k, repr(v)) for k, v in settings[run].items())))
+        frozen = tuple(sorted((k, repr(v)) for k, v in settings[run].items()))
+        identity = (summary["dataset"], summary["method"], summary["seed"], noise_seed, frozen)
         if identity in seen:
             repeats.append(run)
             continue
         seen.add(identity)
-        groups[GroupKey(summary["dataset"], _protocol(summary), labels[run], *_noise(summary))].append(run)
+        by_setting[(summary["dataset"], _protocol(summary), labels[run], frozen)].append(run)
+    groups: dict[GroupKey, list[Path]] = defaultdict(list)
+    for (dataset, protocol, label, _), members in by_setting.items():
+        groups[GroupKey(dataset, protocol, label, *_setting_noise(members, summaries))] += members
     return dict(sorted(groups.items(), key=lambda item: _natural_order(item[0]))), repeats
 
 
@@ -158,8 +189,8 @@ def _figure_to_base64(fig) -> str:
 
 
 def _accuracy_vs_noise(groups: dict[GroupKey, list[dict]], protocol: str) -> str | None:
-    """One curve per (dataset, method, noise type) of one protocol; the clean runs are every
-    curve's 0 % point."""
+    """One curve per (dataset, method, noise type) of one protocol, each point at its realised
+    rate (a label file or annotator noise too); the clean runs are every curve's 0 % point."""
     groups = {k: v for k, v in groups.items() if k.protocol == protocol}
     clean = {(k.dataset, k.method): [s["final"]["test"]["accuracy"] for s in ss]
              for k, ss in groups.items() if k.noise_type == "none"}
@@ -179,7 +210,7 @@ def _accuracy_vs_noise(groups: dict[GroupKey, list[dict]], protocol: str) -> str
         stds = [np.std(points[r]) for r in rates]
         ax.errorbar([100 * r for r in rates], means, yerr=stds, marker="o", capsize=3,
                     label=f"{method} ({dataset}, {ntype})")
-    ax.set_xlabel("injected noise rate (%)")
+    ax.set_xlabel("realised noise rate (%): training labels that differ from the clean ones")
     ax.set_ylabel("test accuracy (last epoch)")
     ax.set_title(f"{protocol} protocol", fontsize=9)
     ax.grid(alpha=0.3)
@@ -234,7 +265,30 @@ def _memorisation(run_groups: dict[GroupKey, list[Path]], setting: tuple) -> str
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{dataset}, {ntype} {rate:.0%}, {protocol} protocol (mean ± std over seeds)", fontsize=9)
+    fig.suptitle(f"{dataset}, {noise_label(ntype, rate)}, {protocol} protocol (mean ± std over seeds)", fontsize=9)
+    return _figure_to_base64(fig)
+
+
+def _transition(summaries: list[dict], title: str) -> str | None:
+    """The noise's transition matrix (clean label by given label, each row normalised), the
+    mean over the runs of one setting (their seeds may draw different noise)."""
+    matrices = [np.array(s["noise"]["transition_matrix"], dtype=float) for s in summaries
+                if (s.get("noise") or {}).get("transition_matrix")]
+    if not matrices:
+        return None
+    matrix = np.mean(matrices, 0)
+    names = CLASSES[: len(matrix)]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(matrix, cmap="Oranges", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if matrix[i, j] > 0.5 else "black")
+    ax.set_xlabel("given (training) label")
+    ax.set_ylabel("clean label")
+    ax.set_title(f"{title}\nrow-normalised, mean over {len(matrices)} run(s)", fontsize=8)
     return _figure_to_base64(fig)
 
 
@@ -323,8 +377,7 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
               "noise AUROC"]
     tables: dict[str, list[list[str]]] = defaultdict(list)   # protocol -> rows
     for key, ss in groups.items():
-        noise = "clean" if key.noise_type == "none" else f"{key.noise_type} {key.rate:.0%}"
-        row = [key.dataset, key.method, noise, str(len(ss))]
+        row = [key.dataset, key.method, noise_label(key.noise_type, key.rate), str(len(ss))]
         row += [_mean_std([s["final"]["test"].get(m) for s in ss]) for m, _ in METRICS]
         row.append(_mean_std([s["best_val"].get("test", {}).get("accuracy") for s in ss]))
         row.append(_mean_std([_noise_auroc(s) for s in ss]))
@@ -334,7 +387,9 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
             "'test acc @ best val' is test accuracy at the epoch of best validation accuracy (test never "
             "selects). Noise AUROC scores each method's own noise score where it has one (SCN's and RUL's "
             "from an eval-mode pass over the un-augmented training set after training, LDLVA's and SLM-AEA's "
-            "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass.")
+            "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass. "
+            "Noise is the type and the realised rate: the share of training labels that differ from the "
+            "clean ones, mean over the seeds of a setting, rounded to whole percent.")
     if repeats:
         note += (f" {len(repeats)} run(s) repeating another run's settings and seeds were counted once: "
                  + ", ".join(run.name for run in repeats) + ".")
@@ -345,11 +400,17 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     for setting in settings:
         curves = _memorisation(run_groups, setting)
         if curves:
-            figures.append((f"Memorisation: {setting[0]}, {setting[2]} {setting[3]:.0%}, {setting[1]} protocol", curves))
+            figures.append((f"Memorisation: {setting[0]}, {noise_label(*setting[2:])}, {setting[1]} protocol", curves))
+    for dataset, ntype, rate in sorted({(d, t, r) for d, _, t, r in settings}):
+        title = f"Label noise: {dataset}, {noise_label(ntype, rate)}"
+        matrix = _transition([s for k, ss in groups.items() if (k.dataset, k.noise_type, k.rate) == (dataset, ntype, rate)
+                              for s in ss], title)
+        if matrix:
+            figures.append((f"{title} (clean label by given label)", matrix))
     for protocol in tables:
         curve = _accuracy_vs_noise(groups, protocol)
         if curve:
-            figures.append((f"Accuracy against injected noise rate, {protocol} protocol", curve))
+            figures.append((f"Accuracy against realised noise rate, {protocol} protocol", curve))
     cross_results = [json.loads(c.read_text()) for c in crosses]
     for cross in cross_results:
         figures.append(("Cross-dataset matrix (train rows, test columns)", _cross_heatmap(cross)))
