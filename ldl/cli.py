@@ -83,13 +83,17 @@ def _noise(args: argparse.Namespace) -> int:
     from ldl.data.noise import inject, write_noise_file
     from ldl.validate import validate_data
 
+    if (args.rate is None) != (args.type == "annotator"):
+        raise ConfigError("ldl noise: --rate is required for symmetric, asymmetric and instance noise; annotator "
+                          "noise has none (its rate follows from the label distributions; --temperature moves it)")
     cfg = load_config(args.config, args.overrides)
     validate_data(cfg)
     train = build_splits(cfg, ("train",))["train"]
-    noisy = inject(train, args.type, args.rate, args.seed)
+    noisy = inject(train, args.type, args.rate or 0.0, args.seed, args.temperature, cfg.data.name)
     write_noise_file(Path(args.out), noisy)
     report = noisy.info["noise"]
-    console.print(f"{args.type} noise at {args.rate:.0%}: realised rate {report['realised_rate']:.4f} "
+    asked = f"temperature {args.temperature:g}" if args.type == "annotator" else f"at {args.rate:.0%}"
+    console.print(f"{args.type} noise {asked}: realised rate {report['realised_rate']:.4f} "
                   f"over {len(noisy)} training samples -> {args.out}")
     console.print(f"use it with: data.noise.type=file data.noise.file={args.out}")
     return 0
@@ -239,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("noise", help="write a noisy-label file for a dataset's training split")
     p.add_argument("-c", "--config")
-    p.add_argument("--type", required=True, choices=["symmetric", "asymmetric", "instance"])
-    p.add_argument("--rate", required=True, type=float)
+    p.add_argument("--type", required=True, choices=["symmetric", "asymmetric", "instance", "annotator"])
+    p.add_argument("--rate", type=float, help="symmetric / asymmetric / instance: the share of labels to corrupt")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="annotator: draw from q^(1/T); < 1 sharpens (fewer flips), > 1 flattens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")

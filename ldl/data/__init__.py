@@ -62,7 +62,7 @@ def build_splits(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "te
         from ldl.data.loading import read_va_file
         out = {split: read_va_file(Path(cfg.data.va_file).expanduser(), data) for split, data in out.items()}
     if "train" in out and cfg.data.noise.type != "none":
-        out["train"] = apply_noise(out["train"], cfg.data.noise)
+        out["train"] = apply_noise(out["train"], cfg.data.noise, name)
     return out
 
 

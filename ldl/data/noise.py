@@ -9,7 +9,15 @@ Types
   flip probability is proportional to 1 - q(y) and the new label is drawn from q without y
   (a confusable class); without one, Xia et al. (NeurIPS 2020)'s part-dependent scheme on
   8x8 thumbnails is used (per-sample rate ~ N(rate, 0.1) clipped, flip target by a random
-  class-conditional projection).
+  class-conditional projection);
+- annotator: real annotator disagreement, for datasets with per-sample label distributions q
+  (FERPlus votes, RAF-DB's distribution_basic.txt, manifest p_<Class> columns, the synthetic
+  truth; else AffectNet+ soft labels).  The clean label is q's argmax (ties within 1e-6 go to the
+  dataset's own label when it is among them, else to the first class in canonical order); the
+  training label is one draw from q_T = q^(1/T) / sum(q^(1/T)), as a single annotator would
+  label the face (T < 1 sharpens q and lowers the rate, T > 1 flattens it).  No rate is
+  configured: the realised rate follows from the distributions, and its expectation
+  mean(1 - q_T(clean)) is saved beside it.
 
 The clean labels stay beside the noisy ones; the realised rate and the transition matrix
 (rows: clean class, columns: noisy class, row-normalised) are reported.
@@ -26,7 +34,8 @@ from ldl.data.dataset import FERData
 
 # Canonical indices: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt.
 PAIR_MAP = {0: 2, 1: 0, 2: 0, 3: 6, 4: 3, 5: 6, 6: 5, 7: 5}
-NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance")
+NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance", "annotator")
+TIE_TOLERANCE = 1e-6   # distributions are float32: classes this close to the maximum tie
 
 
 def _symmetric(labels: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -79,6 +88,55 @@ def _instance(data: FERData, rate: float, rng: np.random.Generator) -> np.ndarra
     return noisy
 
 
+def annotator_distribution(data: FERData, dataset: str = "this dataset") -> tuple[np.ndarray, str]:
+    """Each training sample's label distribution over the protocol's classes, and its source
+    ('dist': votes, distribution file or truth; 'soft': soft labels)."""
+    for source in ("dist", "soft"):
+        q = getattr(data, source)
+        if q is not None:
+            q = np.asarray(q, dtype=np.float64)[:, : data.num_classes]
+            return q / q.sum(1, keepdims=True), source
+    raise ValueError(f"data.noise.type=annotator draws each label from the sample's own label distribution, but the "
+                     f"{dataset} training split has none (FERPlus votes, RAF-DB's distribution_basic.txt, AffectNet+ "
+                     "soft labels, manifest p_<Class> columns and the synthetic set carry them)")
+
+
+def distribution_argmax(q: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """q's argmax per row; ties go to the given label when it is among them, else the first class."""
+    tied = q >= q.max(1, keepdims=True) - TIE_TOLERANCE
+    first = tied.argmax(1)
+    return np.where(tied[np.arange(len(q)), given], given, first)
+
+
+def sharpen(q: np.ndarray, temperature: float) -> np.ndarray:
+    """q^(1/T), renormalised (computed in log space so small T does not underflow to 0/0)."""
+    with np.errstate(divide="ignore"):
+        logits = np.log(q) / temperature
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def draw_labels(q: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """One class per row by inverse CDF: class k when cdf[k-1] <= u < cdf[k]; the CDF is divided
+    by its last entry so rounding never selects past the last class with mass."""
+    cdf = np.cumsum(q, 1)
+    cdf /= cdf[:, -1:]
+    return (uniforms[:, None] >= cdf).sum(1)
+
+
+def _annotator(data: FERData, temperature: float, rng: np.random.Generator, dataset: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    if not temperature > 0:
+        raise ValueError(f"data.noise.temperature must be > 0, got {temperature}")
+    q, source = annotator_distribution(data, dataset)
+    clean = distribution_argmax(q, data.labels)
+    q_t = sharpen(q, temperature)
+    noisy = draw_labels(q_t, rng.random(len(q)))
+    report = {"temperature": temperature, "source": source,
+              "expected_rate": float(1 - q_t[np.arange(len(q)), clean].mean()),
+              "argmax_differs_from_dataset_label": float((clean != data.labels).mean())}
+    return clean, noisy, report
+
+
 def _thumbnails(images: np.ndarray, side: int = 8) -> np.ndarray:
     n, h, w, _ = images.shape
     gray = np.asarray(images, dtype=np.float32).mean(-1)
@@ -90,13 +148,20 @@ def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) ->
     return counts / np.maximum(counts.sum(1, keepdims=True), 1)
 
 
-def inject(data: FERData, noise_type: str, rate: float, seed: int) -> FERData:
+def inject(data: FERData, noise_type: str, rate: float, seed: int, temperature: float = 1.0,
+           dataset: str = "this dataset") -> FERData:
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"data.noise.type must be one of {NOISE_TYPES}, got {noise_type!r}")
     if not 0 <= rate <= 0.5:
         raise ValueError(f"data.noise.rate must be within [0, 0.5], got {rate}")
     clean = data.labels if data.clean_labels is None else data.clean_labels
     rng = np.random.default_rng(seed)
+    if noise_type == "annotator":
+        if rate:
+            raise ValueError(f"data.noise.rate={rate} does not apply to annotator noise: its rate follows from "
+                             "the label distributions (data.noise.temperature moves it); leave the rate at 0")
+        clean, noisy, report = _annotator(replace(data, labels=clean), temperature, rng, dataset)
+        return _with_noisy_labels(data, clean, noisy, {"type": noise_type, "seed": seed, **report})
     base = replace(data, labels=clean)
     if noise_type == "symmetric":
         noisy = _symmetric(clean, rate, data.num_classes, rng)
@@ -152,7 +217,8 @@ def read_noise_file(path: Path, data: FERData) -> FERData:
     return _with_noisy_labels(data, clean, noisy, {"type": "file", "file": str(path)})
 
 
-def apply_noise(data: FERData, noise_cfg) -> FERData:
+def apply_noise(data: FERData, noise_cfg, dataset: str = "this dataset") -> FERData:
     if noise_cfg.type == "file":
         return read_noise_file(Path(noise_cfg.file), data)
-    return inject(data, noise_cfg.type, float(noise_cfg.rate), int(noise_cfg.seed))
+    return inject(data, noise_cfg.type, float(noise_cfg.rate), int(noise_cfg.seed),
+                  float(noise_cfg.temperature), dataset)
