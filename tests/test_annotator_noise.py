@@ -204,3 +204,17 @@ def test_ldl_noise_annotator_writes_a_label_file(tmp_path, capsys):
     assert main(["noise", "--type", "annotator", "--rate", "0.2", "--out", str(out), *base]) == 2
     assert main(["noise", "--type", "symmetric", "--out", str(out), *base]) == 2
     assert "--rate is required for symmetric" in capsys.readouterr().out
+
+
+def test_annotator_on_manifest_distribution_columns(tmp_path):
+    lines = ["path,label,split,p_Neutral,p_Happy,p_Sad"]
+    for i in range(7):
+        formats.jpeg(tmp_path / "img" / f"{i}.jpg", size=40)
+        lines.append(f"img/{i}.jpg,{i},train,0.5,0.5,0")   # Neutral and Happy tie: each face's own label wins
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    train = _annotated("manifest", manifest, "data.num_classes=7", "data.val_fraction=0")
+    # labels 0 and 1 are among the tied classes and stay clean; 2..6 are not: the first, Neutral
+    assert train.clean_labels.tolist() == [0, 1, 0, 0, 0, 0, 0]
+    assert np.isin(train.labels, [0, 1]).all()
+    assert train.info["noise"]["expected_rate"] == pytest.approx(0.5)
