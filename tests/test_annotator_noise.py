@@ -218,3 +218,17 @@ def test_annotator_on_manifest_distribution_columns(tmp_path):
     assert train.clean_labels.tolist() == [0, 1, 0, 0, 0, 0, 0]
     assert np.isin(train.labels, [0, 1]).all()
     assert train.info["noise"]["expected_rate"] == pytest.approx(0.5)
+
+
+def test_annotator_on_teacher_labels_draws_from_the_carried_truth(tmp_path):
+    # `ldl teacher label` output: soft labels from the teacher, the world's truth in meta-data
+    anp = formats.affectnet_plus(tmp_path / "anp", list(range(8)) * 2, list(range(8)))
+    for path in (anp / "human_annotated").rglob("*.json"):
+        record = json.loads(path.read_text())
+        truth = np.zeros(8)
+        truth[record["human-label"]], truth[(record["human-label"] + 1) % 8] = 0.7, 0.3
+        record["meta-data"]["label-distribution"] = truth.tolist()
+        path.write_text(json.dumps(record))
+    train = _annotated("affectnet_plus", anp, "data.num_classes=8", "data.val_fraction=0.5")
+    assert train.info["noise"]["source"] == "dist" and train.soft is not None
+    assert train.info["noise"]["expected_rate"] == pytest.approx(0.3, abs=1e-5)   # not the soft label's 0.14

@@ -84,6 +84,7 @@ def test_teacher_train_label_and_student(tmp_path):
     assert splits["train"].soft.shape[1] == 8 and set(np.unique(splits["test"].subset)) <= {0, 1, 2}
     original = build_splits(load_config(None, base), ("test",))["test"]
     assert np.array_equal(splits["test"].labels, original.labels)    # human labels round-trip
+    assert np.allclose(splits["test"].dist, original.dist, atol=1e-5)   # and the world's truth (issue 19)
     from ldl.train import run_training
     summary = run_training(student)
     assert any(k.startswith("accuracy_") for k in summary["final"]["test"])   # per-subset evaluation

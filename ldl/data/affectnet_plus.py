@@ -4,7 +4,10 @@ AffectNet+/human_annotated/{train_set,validation_set}/{images/<id>.jpg, annotati
 JSON keys (lowercase, hyphenated; capitalised variants accepted): human-label (AffectNet code),
 soft-label (8 floats, AffectNet order), subset (0 easy, 1 challenging, 2 difficult),
 meta-data {valence, arousal, landmark-68 (136 numbers), ...}.  `ldl teacher label` writes the
-same layout, so our teacher's labels and the official files load through this one reader.
+same layout, so our teacher's labels and the official files load through this one reader.  Our
+one addition, absent from official files: meta-data.label-distribution (8 floats, canonical
+order), the source dataset's true or crowd distribution when it has one (the synthetic truth), read
+as `dist` when every sample carries it, so annotator noise and the LDL metrics use the truth.
 validation_set is the test set; `val` is held out of training.
 """
 from __future__ import annotations
@@ -58,11 +61,18 @@ def parse_record(record: dict, where: str, policy: ErrorPolicy) -> dict | None:
             policy.bad(where, "out-of-range VA", f"{key} {value}")
             return None
         va.append(value)
+    truth = meta.get("label-distribution")
+    truth_arr = None if truth is None else np.asarray(truth, dtype=np.float64)
+    if truth_arr is not None and (truth_arr.shape != (8,) or not np.all(np.isfinite(truth_arr))
+                                  or (truth_arr < 0).any() or truth_arr.sum() <= 0):
+        policy.bad(where, "malformed annotation", "meta-data.label-distribution must be a list of 8 numbers >= 0")
+        return None
     marks = meta.get("landmark-68")
     if marks is not None and len(marks) != 136:
         policy.bad(where, "malformed annotation", f"landmark-68 has {len(marks)} numbers, expected 136")
         return None
     return {"label": label, "soft": soft_arr / soft_arr.sum(), "subset": subset, "va": va,
+            "dist": None if truth_arr is None else truth_arr / truth_arr.sum(),
             "landmarks": None if marks is None else np.asarray(marks, dtype=np.float32).reshape(68, 2)}
 
 
@@ -71,6 +81,12 @@ def write_record(path: Path, human_label: int, soft_label: np.ndarray, subset: i
     record = {"human-label": int(human_label), "soft-label": [float(round(p, 6)) for p in soft_label],
               "subset": int(subset), "meta-data": meta}
     path.write_text(json.dumps(record))
+
+
+def _all_or_none(rows: list[np.ndarray | None]) -> np.ndarray | None:
+    """Stacked per-sample distributions, or None unless every sample has one (a partial column
+    would mix truth and missing values)."""
+    return None if any(r is None for r in rows) else np.stack(rows).astype(np.float32)
 
 
 @register_dataset("affectnet_plus")
@@ -114,7 +130,8 @@ def affectnet_plus_split(cfg: DictConfig, split: str) -> FERData:
             data = FERData(images=images, labels=np.array([r["label"] for r in rows], dtype=np.int64), num_classes=8,
                            names=np.array([r["name"] for r in rows]), va=np.array([r["va"] for r in rows], np.float32),
                            soft=np.stack([r["soft"] for r in rows]).astype(np.float32),
-                           subset=np.array([r["subset"] for r in rows], dtype=np.int64), landmarks=landmarks)
+                           subset=np.array([r["subset"] for r in rows], dtype=np.int64), landmarks=landmarks,
+                           dist=_all_or_none([r["dist"] for r in rows]))
             data.info["excluded_codes"] = excluded
             return data
 

@@ -102,6 +102,7 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
         soft, subset = soft_labels(teacher, data, split)
         soft8 = np.zeros((len(data), 8), dtype=np.float64)
         soft8[:, : soft.shape[1]] = soft
+        dist8 = None if data.dist is None else np.pad(data.dist, ((0, 0), (0, 8 - data.dist.shape[1])))
         size = data.images.shape[1]
         for i in tqdm(range(len(data)), desc=f"write {split}", unit="img", disable=not cfg.log.progress):
             stem = f"{split}_{i:06d}"
@@ -112,6 +113,8 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
             if data.landmarks is not None:
                 # AffectNet+ landmarks are in 224x224 crop pixels; the reader rescales them.
                 meta["landmark-68"] = (data.landmarks[i] * 224 / size).reshape(-1).round(2).tolist()
+            if dist8 is not None:   # the truth travels with the labels (affectnet_plus reads it as dist)
+                meta["label-distribution"] = [round(float(p), 6) for p in dist8[i]]
             write_record(folder / "annotations" / f"{stem}.json", int(data.labels[i]), soft8[i], int(subset[i]), meta)
         counts[split] = {"n": len(data), "subsets": np.bincount(subset, minlength=3).tolist()}
     return counts
