@@ -276,36 +276,28 @@ def _transition(summaries: list[dict], title: str) -> str | None:
                 if (s.get("noise") or {}).get("transition_matrix")]
     if not matrices:
         return None
-    matrix = np.mean(matrices, 0)
+    return _class_heatmap(np.mean(matrices, 0), "Oranges", "given (training) label", "clean label",
+                          f"{title}\nrow-normalised, mean over {len(matrices)} run(s)")
+
+
+def _confusion(summary: dict, title: str) -> str:
+    cm = np.array(summary["final"]["test"]["confusion_matrix"], dtype=float)
+    return _class_heatmap(cm / np.maximum(cm.sum(1, keepdims=True), 1), "Blues", "predicted", "true", title)
+
+
+def _class_heatmap(matrix: np.ndarray, cmap: str, xlabel: str, ylabel: str, title: str) -> str:
+    """A class-by-class matrix of fractions in [0, 1], each cell written in."""
     names = CLASSES[: len(matrix)]
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.imshow(matrix, cmap="Oranges", vmin=0, vmax=1)
+    ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if matrix[i, j] > 0.5 else "black")
-    ax.set_xlabel("given (training) label")
-    ax.set_ylabel("clean label")
-    ax.set_title(f"{title}\nrow-normalised, mean over {len(matrices)} run(s)", fontsize=8)
-    return _figure_to_base64(fig)
-
-
-def _confusion(summary: dict, title: str) -> str:
-    cm = np.array(summary["final"]["test"]["confusion_matrix"], dtype=float)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    names = CLASSES[: len(cm)]
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
     return _figure_to_base64(fig)
 

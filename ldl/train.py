@@ -191,11 +191,12 @@ def wants_train_pass(cfg: DictConfig, train: FERData) -> bool:
     raise ValueError(f"eval.train_pass must be auto, true or false, got {setting!r}")
 
 
-def _export_samples(job: Job, path: Path) -> dict:
+def _export_samples(job: Job, path: Path, scored: tuple[np.ndarray, dict[str, np.ndarray]] | None) -> dict:
     """Per-training-sample CSV (label, clean label, the small-loss score and every method
-    export) and the noise-detection scores of each 1-d score when clean labels exist."""
+    export) and the noise-detection scores of each 1-d score when clean labels exist.
+    `scored`: the last epoch's scoring pass of the final weights, if one ran (else it runs here)."""
     train = job.splits["train"]
-    probs, exports = scoring_pass(job, job.eval_loader("train"))
+    probs, exports = scored or scoring_pass(job, job.eval_loader("train"))
     columns: dict[str, np.ndarray] = {"name": train.names, "label": train.labels}
     if train.clean_labels is not None:
         columns["clean_label"] = train.clean_labels
@@ -313,13 +314,14 @@ def _train(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None) -> dict
     train_start = time.perf_counter()
     epochs = cfg.optim.epochs
     last_eval: dict[str, dict] = {}
+    scored = None   # the scoring pass of the latest weights, reused by the export
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # any in-method randomness replays on resume
         stats = train_one_epoch(job.net, job.method, job.train_loader, job.optimizer, job.scheduler, epoch,
                                 job.device, job.amp, cfg.optim.grad_clip, cfg.log.progress)
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
         if train_pass_loader is not None:  # memorisation: fit of noisy vs clean training labels
-            probs, exports = scoring_pass(job, train_pass_loader)
+            scored = probs, exports = scoring_pass(job, train_pass_loader)
             own = {"noise_score": exports["noise_score"]} if "noise_score" in exports else {}
             record["train_pass"] = training_fit(probs, splits["train"].labels, splits["train"].clean_labels, own)
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == epochs:
@@ -339,12 +341,13 @@ def _train(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None) -> dict
         recorder.log_epoch(record)
     if not last_eval:  # resumed a finished run: evaluate the final weights again
         last_eval = evaluate_splits()
-    detection = _export_samples(job, run_dir / "samples.csv")
+    detection = _export_samples(job, run_dir / "samples.csv", scored)
     distributed = _check_consistency(job) if job.world > 1 else None
     train = splits["train"]
     summary = {
         "run_dir": str(run_dir), "dataset": cfg.data.name, "method": cfg.method.name, "seed": int(cfg.seed),
-        "protocol": cfg.protocol, "epochs": epochs, "schedules": schedule_table(cfg), "reported": "last epoch (final); best_val = epoch with the best validation accuracy",
+        "protocol": cfg.protocol, "epochs": epochs, "schedules": schedule_table(cfg),
+        "reported": "last epoch (final); best_val = epoch with the best validation accuracy",
         "final": {"epoch": epochs, **last_eval},
         "best_val": best,
         "train_time_s": time.perf_counter() - train_start,
