@@ -382,6 +382,8 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
             "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass. "
             "Noise is the type and the realised rate: the share of training labels that differ from the "
             "clean ones, mean over the seeds of a setting, rounded to whole percent.")
+    starts = sorted({str(flatten(read_yaml(run / "config.yaml")).get("model.pretrained")) for run in runs})
+    note += " Start: " + "; ".join("random weights" if s == "None" else f"pretrained weights ({s})" for s in starts) + "."
     if repeats:
         note += (f" {len(repeats)} run(s) repeating another run's settings and seeds were counted once: "
                  + ", ".join(run.name for run in repeats) + ".")

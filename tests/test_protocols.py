@@ -241,3 +241,4 @@ def test_report_keeps_protocols_apart_and_draws_memorisation(tmp_path):
     assert md.count(row) == 2 and shared < md.index(row) < paper < md.rindex(row)   # one row in each table
     assert "Memorisation: synthetic, symmetric 30%, paper protocol" in md
     assert "Memorisation: synthetic, symmetric 30%, shared protocol" in md
+    assert "Start: random weights." in md
