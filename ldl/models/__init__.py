@@ -8,9 +8,13 @@ import torch
 from torch import nn
 
 from ldl.checkpoint import CheckpointError, load_file
-from ldl.models.resnet import ResNet, resnet18, resnet50
+from ldl.models.dlib_face import dlib_face
+from ldl.models.resnet import resnet18, resnet50
 
-BACKBONES: dict[str, Callable[..., ResNet]] = {"resnet18": resnet18, "resnet50": resnet50}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet50": resnet50, "dlib_face": dlib_face}
+# Backbones that come with their own weights: built as fn(input_size=, pretrained=) and
+# loading `pretrained` themselves (dlib_face: its .dat, by default the installed package's).
+SELF_LOADING = {"dlib_face"}
 
 
 def register_backbone(name: str) -> Callable:
@@ -24,7 +28,7 @@ class FERNet(nn.Module):
     """Backbone + global pooling + linear head.  forward() returns a dict so that methods
     can use the pooled features (LDLVA, SCN, RUL, AEA) or the feature map (EAC)."""
 
-    def __init__(self, backbone: ResNet, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = backbone.out_dim
@@ -68,9 +72,14 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
 
 
 def build_model(arch: str, num_classes: int, width: int = 64, stem: str = "imagenet",
-                pretrained: str | None = None) -> FERNet:
+                pretrained: str | None = None, input_size: int | None = None) -> FERNet:
     if arch not in BACKBONES:
         raise ValueError(f"unknown model.arch '{arch}'; available: {sorted(BACKBONES)}")
+    if arch in SELF_LOADING:  # its own fixed widths and stem: model.width and model.stem do not apply
+        return FERNet(BACKBONES[arch](input_size=input_size, pretrained=pretrained), num_classes)
+    if input_size is not None:
+        raise ValueError(f"model.input_size applies to {sorted(SELF_LOADING)} (which resize their input); "
+                         f"{arch} takes data.image_size as it is")
     backbone = BACKBONES[arch](width=width, stem=stem)
     if pretrained:
         load_backbone_weights(backbone, pretrained)
