@@ -131,7 +131,7 @@ def _cross(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("cross") / Path(args.plan).stem)
     result = run_cross(Path(args.plan), out)
     console.print(markdown(result))
-    console.print(f"written to {out / 'cross.json'}")
+    console.print(f"written to {out / 'cross.json'}; report: {out / 'cross.md'} and {out / 'cross.html'}")
     return 0
 
 

@@ -8,6 +8,10 @@ Plan file:
     datasets:
       synthetic: {config: experiments/synthetic/quickstart.yaml}
       ferplus:   {overrides: [data.name=ferplus, data.root=/data/ferplus]}
+    similarity: {metric: macro_f1}                      # optional: ldl/transfer.py
+
+Beside cross.json it writes cross.md and cross.html: the matrix, the measures that explain it
+(ldl/transfer.py, ldl/similarity.py) and their figures (ldl/cross_report.py).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from ldl import cross_report, transfer
 from ldl.config import load_config
 from ldl.train import evaluate_checkpoint, run_training
 
@@ -26,6 +31,7 @@ def load_plan(path: Path) -> dict:
     plan = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(plan.get("datasets"), dict) or len(plan["datasets"]) < 2:
         raise ValueError(f"{path}: 'datasets' must name at least two datasets")
+    transfer.settings(plan.get("similarity"))   # a typo there fails before any training
     return plan
 
 
@@ -53,19 +59,23 @@ def run_cross(plan_path: Path, out_dir: Path, base_dir: Path = Path(".")) -> dic
                 run_training(cfg)
         checkpoints[name] = run_dir / "checkpoint.pt"
     acc = np.zeros((len(names), len(names)))
-    mca = np.zeros_like(acc)
+    mca, f1 = np.zeros_like(acc), np.zeros_like(acc)
     for i, train in enumerate(names):
         for j, test in enumerate(names):
             data = OmegaConf.to_container(configs[test].data, resolve=True)
             metrics, _, _ = evaluate_checkpoint(checkpoints[train], "test", data_section=data)
-            acc[i, j], mca[i, j] = metrics["accuracy"], metrics["mean_class_accuracy"]
+            acc[i, j], mca[i, j], f1[i, j] = metrics["accuracy"], metrics["mean_class_accuracy"], metrics["macro_f1"]
     off = ~np.eye(len(names), dtype=bool)
     result = {"datasets": names, "space": "7 classes (Contempt dropped)", "epoch": "last",
               "accuracy": acc.round(4).tolist(), "mean_class_accuracy": mca.round(4).tolist(),
+              "macro_f1": f1.round(4).tolist(),
               "in_domain": dict(zip(names, np.diag(acc).round(4).tolist())),
               "mean_off_diagonal": float(acc[off].mean()),
               "mean_off_diagonal_per_train": dict(zip(names, [float(acc[i][off[i]].mean()) for i in range(len(names))]))}
+    run_dirs = {name: out_dir / f"train-{name}" for name in names}
+    result["transfer"] = transfer.explain(result, configs, run_dirs, plan.get("similarity"))
     (out_dir / "cross.json").write_text(json.dumps(result, indent=1))
+    cross_report.write(result, out_dir, Path(plan_path).stem)
     return result
 
 

@@ -121,6 +121,25 @@ def load_or_build(key: dict, build: Callable[[EntryWriter], FERData], cache_dir:
     return _load(folder)
 
 
+def load_or_compute_arrays(key: dict, compute: Callable[[], dict[str, np.ndarray]],
+                           cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Small arrays derived from a split (its feature statistics under a fixed backbone) cached
+    beside the image entries as `<dataset>-<split>-<digest>.npz`, written atomically.  `key`
+    must name everything they depend on, the split's content included: unlike an image entry,
+    nothing is re-checked on load."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / f"{_entry_name(key)}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    arrays = compute()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)   # a concurrent writer of the same key wrote the same arrays
+    return arrays
+
+
 def _is_fresh(folder: Path, verify: str) -> bool:
     recorded = json.loads((folder / "meta.json").read_text()).get("sources")
     if recorded is None or recorded["verify"] != verify:
