@@ -179,6 +179,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _landmarks(args: argparse.Namespace) -> int:
+    from ldl.landmarks import run_command
+
+    return run_command(load_config(args.config, args.overrides), args, console)
+
+
 def _va(args: argparse.Namespace) -> int:
     from ldl.va import annotate, train_va
 
@@ -271,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds: skip a k-NN backend at a size whose extrapolated time exceeds this")
     p.add_argument("--run-epochs", type=int, help="epochs of the end-to-end run (default 60 on a GPU, 2 on CPU)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("landmarks", help="68 dlib landmarks for a dataset's cached images (datasets that ship none)")
+    p.add_argument("-c", "--config", help="the dataset's config, e.g. experiments/rafdb/base.yaml")
+    p.add_argument("--splits", default="train,val,test", help="comma list of splits whose cache entries to cover")
+    p.add_argument("--box", default="detect", choices=["detect", "image"],
+                   help="face box: dlib's HOG detector's where it finds one face (else the whole image), "
+                        "or always the whole (cropped) image (faster)")
+    p.add_argument("--overwrite", action="store_true", help="predict again where landmarks are stored")
+    p.add_argument("overrides", nargs="*", help="e.g. data.name=rafdb data.root=/data/raf-basic")
+    p.set_defaults(func=_landmarks)
 
     p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")
     p.add_argument("file")

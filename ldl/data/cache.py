@@ -24,6 +24,8 @@ import numpy as np
 from ldl.data.dataset import FERData
 
 VERIFY_MODES = ("stat", "content")
+LANDMARKS_FILE = "landmarks.npy"   # predicted landmarks beside an entry's images (ldl/landmarks.py)
+CACHE_ENTRY = "cache_entry"        # info key: the entry folder a split was loaded from
 
 
 def default_cache_dir() -> Path:
@@ -173,5 +175,11 @@ def _load(folder: Path) -> FERData:
     meta = json.loads((folder / "meta.json").read_text())
     with np.load(folder / "arrays.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    predicted = folder / LANDMARKS_FILE   # `ldl landmarks`: they fill the samples without landmarks of their own
+    if predicted.is_file():
+        points = np.load(predicted)
+        own = arrays.get("landmarks")
+        arrays["landmarks"] = points if own is None else np.where(np.isfinite(own), own, points)
     images = np.load(folder / "images.npy", mmap_mode="r")
-    return FERData(images=images, num_classes=meta["num_classes"], info=meta["info"], **arrays)
+    return FERData(images=images, num_classes=meta["num_classes"], info={**meta["info"], CACHE_ENTRY: str(folder)},
+                   **arrays)

@@ -36,6 +36,9 @@ d loss / d l_i = sum_c d_ic log p_ic - log p_iy > 0 for every sample the untrain
 not predict, so l falls, the target becomes the network's prediction and training can collapse
 to the majority class.  Default 0 (the paper); the from-scratch synthetic configs use 1.
 
+`space=landmarks` searches neighbours in the AU proxy's facial geometry of the 68 landmarks
+(ldl/teacher/au_proxy.py), for datasets without VA: their own landmarks or `ldl landmarks`'.
+
 Neighbours in feature space (`space=features`) are first searched in the starting network's
 features; they are searched again at the first epoch boundary after the warm-up and every
 `refresh_every` epochs (default off), the similarities with them.  The neighbour table is a
@@ -82,6 +85,18 @@ def local_similarity(aux: np.ndarray, neighbours: np.ndarray, kind: str, delta: 
     if kind == "l1":
         return np.exp(-np.abs(diff).sum(-1) / delta)
     raise ValueError(f"method.ldlva.similarity must be 'gaussian' or 'l1', got {kind!r}")
+
+
+def landmark_space(data: FERData) -> np.ndarray:
+    """The AU proxy's facial-geometry features of the 68 landmarks, standardised and scaled by
+    1/sqrt(dim) so that distances are on the VA square's scale (delta keeps its meaning)."""
+    from ldl.teacher.au_proxy import geometry_features
+    if data.landmarks is None or not np.isfinite(data.landmarks).all():
+        raise ValueError("method.ldlva.space=landmarks needs 68 landmarks for every training sample "
+                         "(AffectNet and the synthetic set have them; add them to any dataset with `ldl landmarks`)")
+    feats = geometry_features(data.landmarks)
+    z = (feats - feats.mean(0)) / feats.std(0).clip(min=1e-6)
+    return (z / np.sqrt(z.shape[1])).astype(np.float32)
 
 
 def aggregate(prob_neighbours: torch.Tensor, similarity: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
@@ -193,7 +208,9 @@ class LDLVA(Method):
             return data.soft.astype(np.float32)
         if space == "features":
             return self._forward_all(model, len(data))[1].cpu().numpy()
-        raise ValueError(f"method.ldlva.space must be va, soft or features, got {space!r}")
+        if space == "landmarks":
+            return landmark_space(data)
+        raise ValueError(f"method.ldlva.space must be va, soft, features or landmarks, got {space!r}")
 
     def search_neighbours(self, model: nn.Module, train_data: FERData) -> None:
         aux = self.auxiliary_space(model, train_data)

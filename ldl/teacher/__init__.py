@@ -37,7 +37,7 @@ def _member_logits(checkpoint_path: Path, data: FERData, split: str) -> np.ndarr
 def _landmark_features(data: FERData, source: str) -> np.ndarray:
     if data.landmarks is None or not np.isfinite(data.landmarks).all():
         raise ValueError(f"the AU-proxy head needs 68 landmarks for every {source} sample "
-                         "(AffectNet and the synthetic set have them)")
+                         "(AffectNet and the synthetic set have them; add them to any dataset with `ldl landmarks`)")
     return geometry_features(data.landmarks)
 
 
