@@ -14,8 +14,11 @@ import formats
 from ldl import similarity as sim
 from ldl.cli import main
 from ldl.config import load_config
+from ldl.data import build_splits
 from ldl.data.cache import load_or_compute_arrays
 from ldl.data.dataset import FERData
+from ldl.data.rafdb import write_rafdb
+from ldl.data.synthetic import SyntheticSpec, generate_split
 from ldl.transfer import feature_statistics, settings
 
 # Rows: trained on, columns: tested on.
@@ -148,6 +151,19 @@ def test_feature_statistics_are_cached_by_image_content(tmp_path):
     assert len(list(tmp_path.glob("synthetic-features-train-*.npz"))) == 2
     with pytest.raises(ValueError, match="unknown similarity key"):
         settings({"permutation": 10})
+
+
+def test_rafdb_writer_round_trips_label_distributions(tmp_path):
+    # the study's RAF-DB-format worlds carry their true distributions in distribution_basic.txt
+    world = {split: generate_split(SyntheticSpec(num_classes=7, image_size=16, seed=3), split, n)
+             for split, n in (("train", 35), ("test", 21))}
+    write_rafdb(tmp_path / "raf", {s: (d.images, d.labels) for s, d in world.items()},
+                distributions={s: d.dist for s, d in world.items()})
+    cfg = load_config(None, ["data.name=rafdb", f"data.root={tmp_path / 'raf'}", "data.num_classes=7",
+                             "data.image_size=16", "log.progress=false", f"data.cache_dir={tmp_path / 'cache'}"])
+    test = build_splits(cfg, ("test",))["test"]
+    assert (test.labels == world["test"].labels).all()
+    assert test.dist == pytest.approx(world["test"].dist, abs=1e-5)
 
 
 def test_cross_writes_the_measures_and_their_figures(tmp_path):

@@ -114,16 +114,23 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
     return train_val_test(cfg, split, native)
 
 
-def write_rafdb(root: Path, splits: dict[str, tuple[Iterable[np.ndarray], Iterable[int]]], quality: int = 90) -> None:
+def write_rafdb(root: Path, splits: dict[str, tuple[Iterable[np.ndarray], Iterable[int]]], quality: int = 90,
+                distributions: dict[str, np.ndarray] | None = None) -> None:
     """Write uint8 RGB images and canonical labels in RAF-DB's layout (the reader's inverse):
-    {split: (images, labels)} for split train / test, names train_00001 / test_0001."""
+    {split: (images, labels)} for split train / test, names train_00001 / test_0001; with
+    `distributions` ({split: [N, 7] canonical rows}) also EmoLabel/distribution_basic.txt."""
     (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
     (root / "Image" / "aligned").mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, dist_lines = [], []
     for split, (images, labels) in splits.items():
         digits = 5 if split == "train" else 4
         for i, (image, label) in enumerate(zip(images, labels)):
             stem = f"{split}_{i + 1:0{digits}d}"
             Image.fromarray(image).save(root / "Image" / "aligned" / f"{stem}_aligned.jpg", quality=quality)
             lines.append(f"{stem}.jpg {CANONICAL_TO_RAFDB[int(label)]}")
+            if distributions is not None:   # native column order, a trailing space, as the real file
+                row = distributions[split][i][RAFDB_COLUMN_TO_CANONICAL]
+                dist_lines.append(f"{stem}.jpg " + " ".join(f"{v:.6f}" for v in row) + " \n")
     (root / LABEL_FILE).write_text("\n".join(lines))   # no newline after the last line, as the real file
+    if distributions is not None:
+        (root / "EmoLabel" / "distribution_basic.txt").write_text("".join(dist_lines))
