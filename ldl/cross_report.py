@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ldl.models import SELF_LOADING  # noqa: E402
 from ldl.report import _figure_to_base64  # noqa: E402
 from ldl.transfer import DISTANCES  # noqa: E402
 
@@ -97,10 +98,13 @@ def figures(result: dict) -> list[tuple[str, str, str]]:
                     heatmap(pairs["label_js"], names, "label-distribution JS divergence (bits)", "{:.3f}", "Oranges",
                             vmin=0)))
     backbone = transfer["settings"]["backbone"]
-    start = f"weights {backbone['pretrained']}" if backbone["pretrained"] else f"random weights, seed {transfer['settings']['seed']}"
+    if backbone["pretrained"]:
+        start = f"weights {backbone['pretrained']}"
+    else:
+        start = "its own weights" if backbone["arch"] in SELF_LOADING else f"random weights, seed {transfer['settings']['seed']}"
     out += [("Frechet distance of pooled features",
              f"Frechet distance between Gaussians fitted to the pooled features of a fixed {backbone['arch']} "
-             f"(width {backbone['width']}, {start}) on the row's training images and the column's test images: "
+             f"({start}) on the row's training images and the column's test images: "
              "the diagonal is each dataset's own train-test floor, and cells well above both floors mark a shift "
              "in what the images look like.",
              heatmap(pairs["frechet"], names, "Frechet distance (fixed backbone)", "{:.3g}", "Purples")),

@@ -14,7 +14,9 @@ split's image bytes and the backbone, so adding a dataset to a study costs one p
 Plan section (all optional; these are the defaults):
     similarity:
       metric: macro_f1        # the performance the paper's measures and the drops use
-      backbone: {arch: resnet18, width: 64, stem: small, pretrained: null}   # null: random weights, seeded
+      backbone: {arch: resnet18, width: 64, stem: small, pretrained: null, input_size: null}
+                              # pretrained null: random weights, seeded; arch: dlib_face gives the
+                              # face-recognition descriptor (its own weights; input_size as model.input_size)
       seed: 0
       batch_size: 256
       mmd_samples: 500        # features per split kept for the MMD test
@@ -38,7 +40,8 @@ from ldl.data.cache import fingerprint_files, load_or_compute_arrays
 from ldl.models import build_model
 from ldl.train import resolve_device
 
-DEFAULTS = {"metric": "macro_f1", "backbone": {"arch": "resnet18", "width": 64, "stem": "small", "pretrained": None},
+DEFAULTS = {"metric": "macro_f1",
+            "backbone": {"arch": "resnet18", "width": 64, "stem": "small", "pretrained": None, "input_size": None},
             "seed": 0, "batch_size": 256, "mmd_samples": 500, "permutations": 500}
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 NOISE_SCORES = ("noise_score", "train_pass_noise_score")   # a method's own score, in that preference
@@ -71,7 +74,8 @@ def _content_digest(images: np.ndarray) -> str:
 def _backbone(backbone: dict, seed: int, device: torch.device) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):   # random weights from `seed`, the caller's stream untouched
         torch.manual_seed(seed)
-        net = build_model(backbone["arch"], 7, backbone["width"], backbone["stem"], backbone["pretrained"])
+        net = build_model(backbone["arch"], 7, backbone["width"], backbone["stem"], backbone["pretrained"],
+                          backbone["input_size"])
     return net.to(device).eval()
 
 
