@@ -24,11 +24,16 @@ DISTANCE_NAMES = {"prior_js": "class-prior JS divergence", "label_js": "label-di
                   "frechet": "Frechet distance of pooled features", "mmd": "feature MMD²"}
 
 
-def heatmap(matrix, names: list[str], title: str, fmt: str, cmap: str = "viridis",
+def _matrix(rows: list[list]) -> np.ndarray:
+    """A JSON matrix (None where a measure is undefined) as floats with NaN there."""
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+
+def heatmap(matrix: list[list], names: list[str], title: str, fmt: str, cmap: str = "viridis",
             vmin: float | None = None, vmax: float | None = None, notes: np.ndarray | None = None) -> str:
     """A dataset-by-dataset matrix (rows: trained on, columns: tested on), every cell written
     in (`fmt`, '–' where undefined) with an optional second line per cell (`notes`)."""
-    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    m = _matrix(matrix)
     n = len(names)
     fig, ax = plt.subplots(figsize=(1.3 * n + 2.4, 1.1 * n + 1.6))
     shown = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
@@ -49,12 +54,12 @@ def heatmap(matrix, names: list[str], title: str, fmt: str, cmap: str = "viridis
 
 
 def _drop_scatter(transfer: dict, names: list[str], metric: str) -> str:
-    drop = np.array([[np.nan if v is None else v for v in row] for row in transfer["pairs"]["transfer_drop"]])
+    drop = _matrix(transfer["pairs"]["transfer_drop"])
     off = ~np.eye(len(names), dtype=bool)
     labels = [f"{a}→{b}" for i, a in enumerate(names) for j, b in enumerate(names) if i != j]
     fig, axes = plt.subplots(1, len(DISTANCES), figsize=(4.2 * len(DISTANCES), 3.8), sharey=True)
     for ax, key in zip(axes, DISTANCES):
-        x = np.array([[np.nan if v is None else v for v in row] for row in transfer["pairs"][key]])[off]
+        x = _matrix(transfer["pairs"][key])[off]
         ax.scatter(x, drop[off])
         for xi, yi, label in zip(x, drop[off], labels):
             if np.isfinite(xi):
@@ -98,10 +103,9 @@ def figures(result: dict) -> list[tuple[str, str, str]]:
                     heatmap(pairs["label_js"], names, "label-distribution JS divergence (bits)", "{:.3f}", "Oranges",
                             vmin=0)))
     backbone = transfer["settings"]["backbone"]
-    if backbone["pretrained"]:
-        start = f"weights {backbone['pretrained']}"
-    else:
-        start = "its own weights" if backbone["arch"] in SELF_LOADING else f"random weights, seed {transfer['settings']['seed']}"
+    start = f"random weights, seed {transfer['settings']['seed']}"
+    if backbone["pretrained"] or backbone["arch"] in SELF_LOADING:
+        start = f"weights {backbone['pretrained'] or 'of its own'}"
     out += [("Frechet distance of pooled features",
              f"Frechet distance between Gaussians fitted to the pooled features of a fixed {backbone['arch']} "
              f"({start}) on the row's training images and the column's test images: "
@@ -112,7 +116,7 @@ def figures(result: dict) -> list[tuple[str, str, str]]:
              "Unbiased Gaussian-kernel MMD² between subsamples of the same features, its permutation p-value in "
              "brackets: p < 0.05 means the test tells the two image sets apart.",
              heatmap(pairs["mmd"], names, "MMD² (p-value)", "{:.3g}", "Purples",
-                     notes=np.array([[np.nan if v is None else v for v in row] for row in pairs["mmd_p"]]))),
+                     notes=_matrix(pairs["mmd_p"]))),
             ("Transfer drop against each distance",
              "Each point is one ordered pair off the diagonal, its transfer drop against one distance, with "
              "Spearman's rank correlation over the pairs: a distance that explains the matrix has a large "
