@@ -2,10 +2,12 @@
 
 The lock file is created with O_CREAT|O_EXCL and removed on release.  A lock whose process is
 gone (no such PID on this host, a zombie, or a PID reused by a later process: its start time
-differs) is stale and is taken over with a warning.  Checking and taking happen under a short
-flock on the folder, so two processes can never both take over one stale lock, and a reader
-never sees a lock file before its owner is written.  A lock from another host cannot be
-checked and counts as live.
+differs) is stale and is taken over with a warning.  So is the lock of an earlier run of the
+same SLURM job (requeued after preemption or a node failure: a higher SLURM_RESTART_COUNT), even
+from another node: SLURM runs one incarnation of a job at a time.  Checking and taking happen
+under a short flock on the folder, so two processes can never both take over one stale lock, and
+a reader never sees a lock file before its owner is written.  Any other lock from another host
+cannot be checked and counts as live.
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ class Owner:
     pid: int
     host: str
     started: str | None  # the process's start time in clock ticks since boot (Linux), else None
+    slurm_job: str | None = None  # SLURM_JOB_ID and SLURM_RESTART_COUNT of a process in a SLURM job
+    slurm_restart: int = 0
 
     def __str__(self) -> str:
-        return f"process {self.pid} on {self.host}"
+        return f"process {self.pid} on {self.host}" + (f" (SLURM job {self.slurm_job})" if self.slurm_job else "")
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -51,10 +55,14 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 def current_owner() -> Owner:
     stat = _proc_stat(os.getpid())
-    return Owner(os.getpid(), socket.gethostname(), stat[19] if stat else None)
+    return Owner(os.getpid(), socket.gethostname(), stat[19] if stat else None,
+                 os.environ.get("SLURM_JOB_ID"), int(os.environ.get("SLURM_RESTART_COUNT", 0)))
 
 
 def is_alive(owner: Owner) -> bool:
+    if owner.slurm_job is not None and owner.slurm_job == os.environ.get("SLURM_JOB_ID") \
+            and owner.slurm_restart < int(os.environ.get("SLURM_RESTART_COUNT", 0)):
+        return False  # an earlier incarnation of this (requeued) job
     if owner.host != socket.gethostname():
         return True  # another machine's process cannot be checked from here
     try:

@@ -28,6 +28,7 @@ from ldl.methods.base import Method, MethodContext, build_method
 from ldl.metrics import noise_detection_metrics
 from ldl.models import FERNet, build_model
 from ldl.optim import build_optimizer, build_scheduler
+from ldl.rendezvous import from_slurm
 from ldl.runlock import RunFolderError, RunLock
 from ldl.schedule import schedule_table
 from ldl.tracking import RunRecorder
@@ -38,7 +39,10 @@ SCALAR_TYPES = (int, float)
 
 def init_distributed() -> None:
     """Join the process group when launched by torchrun (even with one process, so that a 1-GPU
-    torchrun exercises NCCL as a larger one does): NCCL on GPUs, gloo on CPUs."""
+    torchrun exercises NCCL as a larger one does) or as one of several SLURM tasks (srun): NCCL on
+    GPUs, gloo on CPUs.  The rendezvous comes from the environment (ldl/rendezvous.py)."""
+    if "RANK" not in os.environ:  # torchrun's variables, where set, win over SLURM's
+        os.environ.update(from_slurm(os.environ))
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
