@@ -112,17 +112,50 @@ def _sweep(args: argparse.Namespace) -> int:
             console.print(f"{run.run_id}: {' '.join(run.overrides)}")
         return 0
     out = Path(args.out or Path("sweeps") / Path(args.file).stem)
-    status = run_local(spec, out, args.workers, args.seed)
+    if args.status:
+        return _sweep_status(spec, out, args.seed)
+    given = {k: getattr(args, k) for k in ("partition", "time", "gpus", "cpus", "mem")}
+    if args.executor == "local":
+        if any(v is not None for v in given.values()):
+            raise ConfigError("--partition, --time, --gpus, --cpus and --mem are for --executor slurm (or submitit-*)")
+        status = run_local(spec, out, args.workers, args.seed)
+    else:
+        from ldl.executors import run_submitit, slurm_options
+
+        status = run_submitit(spec, out, args.executor, slurm_options(spec, given), args.seed)
     failed = [k for k, v in status.items() if v["state"] == "failed"]
     elsewhere = {k: v["owner"] for k, v in status.items() if v["state"] == RUNNING_ELSEWHERE}
     finished = sum(v["state"] == "finished" for v in status.values())
-    console.print(f"{finished} runs finished, {len(failed)} failed, {len(elsewhere)} running elsewhere -> {out}")
+    queued = sum(v["state"] == "submitted" for v in status.values())  # SLURM jobs submitted earlier, still queued
+    console.print(f"{finished} runs finished, {len(failed)} failed, {len(elsewhere)} running elsewhere"
+                  + (f", {queued} still queued" if queued else "") + f" -> {out}")
     for run_id in failed:
         console.print(f"[red]failed[/]: {run_id} (see {out / run_id / 'error.txt'})")
     for run_id, owner in elsewhere.items():
         console.print(f"[yellow]running elsewhere[/]: {run_id} (owned by {owner}; left to it)")
     console.print(f"report: ldl report {out}")
     return 1 if failed else 0
+
+
+def _sweep_status(spec: dict, out: Path, seed: int) -> int:
+    from ldl.executors import sweep_status
+
+    states = sweep_status(spec, out, seed)
+    table = Table()
+    for column in ("run", "state", "detail"):
+        table.add_column(column)
+    colour = {"pending": "dim", "running": "yellow", "finished": "green", "failed": "red"}
+    for s in states:
+        table.add_row(escape(s.run_id), f"[{colour[s.state]}]{s.state}[/]", escape(s.detail))
+    console.print(table)
+    console.print(f"{out}: " + ", ".join(f"{sum(s.state == name for s in states)} {name}"
+                                         for name in ("pending", "running", "finished", "failed")))
+    for s in states:
+        if s.state == "failed":
+            console.print(f"[red]failed[/]: {s.run_id}, log {s.log or 'none'}; its last lines:", soft_wrap=True)
+            for line in s.tail:
+                console.print(f"    {escape(line)}", soft_wrap=True, highlight=False)
+    return 0
 
 
 def _cross(args: argparse.Namespace) -> int:
@@ -288,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. data.name=rafdb data.root=/data/raf-basic")
     p.set_defaults(func=_landmarks)
 
-    p = sub.add_parser("sweep", help="run a wandb-format sweep file locally (or register it with wandb)")
+    p = sub.add_parser("sweep", help="run a wandb-format sweep file here or on SLURM (or register it with wandb)")
     p.add_argument("file")
     p.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, else 1)")
     p.add_argument("--out", help="sweep folder (default sweeps/<file stem>)")
@@ -296,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--wandb", action="store_true", help="create a real wandb sweep for agents instead")
     p.add_argument("--project", default="ldl")
+    p.add_argument("--status", action="store_true", help="list each run as pending / running / finished / failed")
+    p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local", "submitit-debug"],
+                   help="local: runs at a time on this machine; slurm: a SLURM job per run (submitit); "
+                        "submitit-local / submitit-debug: the SLURM job's code path on this machine")
+    p.add_argument("--partition", help="SLURM partition (overrides the sweep file's slurm: block)")
+    p.add_argument("--time", help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (a run that hits it "
+                                  "is requeued and resumes)")
+    p.add_argument("--gpus", type=int, help="GPUs per run and node (one process each)")
+    p.add_argument("--cpus", type=int, help="CPUs per process")
+    p.add_argument("--mem", help="memory per node, e.g. 64G")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("cross", help="cross-dataset matrix: train on each dataset, test on the others (7 classes)")
@@ -310,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     # Overrides may also follow options (`ldl va annotate DIR --out x.csv data.name=rafdb`).
     args, extra = parser.parse_known_args(argv)
@@ -318,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     follow_parent()
     try:
         with sigterm_exits():

@@ -13,8 +13,10 @@ A sweep file is a wandb sweep configuration whose command calls `ldl train` with
 
 Offline (the default) the local executor expands the sweep, runs N runs at a time (one per
 GPU, else CPU processes sharing the cores), skips runs that already finished, resumes runs that
-were interrupted, records a failed run's error and goes on.  With --wandb the same file is
-registered as a real wandb sweep for agents on many machines (needs a wandb server and key).
+were interrupted, records a failed run's error and goes on.  With --executor slurm each run is a
+SLURM job of its own (ldl/executors.py; the file may hold a `slurm:` block of job resources).  With
+--wandb the same file is registered as a real wandb sweep for agents on many machines (needs a
+wandb server and key).
 """
 from __future__ import annotations
 
@@ -132,15 +134,15 @@ def expand(spec: dict, seed: int = 0) -> list[SweepRun]:
     return runs
 
 
-def _command(spec: dict, run: SweepRun, run_dir: Path) -> list[str]:
-    """Resume when the folder holds a checkpoint (the caller has checked that no live process owns it)."""
+def train_args(spec: dict, run: SweepRun, run_dir: Path) -> list[str]:
+    """The run's `ldl train` arguments: --resume when the folder holds a checkpoint (the caller has
+    checked that no live process owns it), else the sweep's command with the run's overrides."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return ["--resume", str(run_dir)]
     args = []
     for part in spec["command"][2:]:
         args.extend(run.overrides if part == ARGS_TOKEN else [part])
-    base = [sys.executable, "-m", "ldl.cli", "train"]
-    if (run_dir / "checkpoint.pt").is_file():
-        return base + ["--resume", str(run_dir)]
-    return base + args + [f"run.dir={run_dir}", "log.progress=false"]
+    return args + [f"run.dir={run_dir}", "log.progress=false"]
 
 
 class Children:
@@ -245,7 +247,8 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
         start = time.perf_counter()
         log = out_dir / f"{run.run_id}.log"
         with open(log, "w") as f:
-            code = children.run(_command(spec, run, run_dir), stdout=f, stderr=subprocess.STDOUT, env=env)
+            code = children.run([sys.executable, "-m", "ldl.cli", "train", *train_args(spec, run, run_dir)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
         if code is None or (code != 0 and children.stopping.is_set()):
             return run, {"state": "interrupted", "overrides": run.overrides}
         if code == 0:
@@ -276,4 +279,4 @@ def register_with_wandb(spec: dict, project: str) -> str:
     `wandb agent <entity>/<project>/<id>`, each calling `ldl train key=value ...`."""
     import wandb
 
-    return wandb.sweep(sweep=spec, project=project)
+    return wandb.sweep(sweep={k: v for k, v in spec.items() if k != "slurm"}, project=project)  # ours, not wandb's
