@@ -152,17 +152,20 @@ def explain(result: dict, configs: dict[str, DictConfig], run_dirs: dict[str, Pa
              for name in names for part, data in (("train", source[name]), ("test", target[name]))}
 
     pairs = {key: np.full((n, n), np.nan) for key in (*DISTANCES, "mmd_p")}
-    for i, a in enumerate(names):
-        prior_a = sim.class_prior(source[a].labels, source[a].num_classes)
-        for j, b in enumerate(names):
-            pairs["prior_js"][i, j] = sim.js_divergence(prior_a, sim.class_prior(target[b].labels, target[b].num_classes))
-            dist_a, dist_b = _distribution(source[a]), _distribution(target[b])
-            if dist_a is not None and dist_b is not None:
-                pairs["label_js"][i, j] = sim.label_distribution_divergence(dist_a, dist_b)
-            fa, fb = feats[(a, "train")], feats[(b, "test")]
-            pairs["frechet"][i, j] = sim.frechet_distance(fa["mean"], fa["cov"], fb["mean"], fb["cov"])
-            pairs["mmd"][i, j], pairs["mmd_p"][i, j] = sim.mmd_test(fa["sample"], fb["sample"], opts["permutations"],
-                                                                  opts["seed"])
+    with tqdm(total=n * n, desc="transfer measures", unit="pair", disable=not configs[names[0]].log.progress) as bar:
+        for i, a in enumerate(names):
+            prior_a = sim.class_prior(source[a].labels, source[a].num_classes)
+            for j, b in enumerate(names):
+                pairs["prior_js"][i, j] = sim.js_divergence(prior_a, sim.class_prior(target[b].labels,
+                                                                                     target[b].num_classes))
+                dist_a, dist_b = _distribution(source[a]), _distribution(target[b])
+                if dist_a is not None and dist_b is not None:
+                    pairs["label_js"][i, j] = sim.label_distribution_divergence(dist_a, dist_b)
+                fa, fb = feats[(a, "train")], feats[(b, "test")]
+                pairs["frechet"][i, j] = sim.frechet_distance(fa["mean"], fa["cov"], fb["mean"], fb["cov"])
+                pairs["mmd"][i, j], pairs["mmd_p"][i, j] = sim.mmd_test(fa["sample"], fb["sample"],
+                                                                      opts["permutations"], opts["seed"])
+                bar.update()
     pairs["paired_similarity"] = sim.paired_similarity(matrix)
     pairs["transfer_drop"] = sim.transfer_drop(matrix)
 
