@@ -21,7 +21,7 @@ from test_reliability_run import epochs_recorded, living, small, wait_until, wri
 
 pytest.importorskip("submitit")
 
-EPOCHS = 8
+EPOCHS = 12   # enough epochs at ~0.1 s each that the preemption lands mid-run
 TIMINGS = ("epoch_time", "train_images_per_s", "eval_time")
 SLURM_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID",
               "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
