@@ -35,6 +35,17 @@ def rafdb(root: Path, train_labels: list[int], test_labels: list[int], distribut
     return root
 
 
+def rafdb_manual(root: Path, attributes: dict[str, tuple[int, int, int]]) -> Path:
+    """RAF-DB's Annotation/manual/<stem>_manu_attri.txt: 5 landmark lines (x, y; tab-separated
+    as public loaders read them), then the gender, race and age codes, one per line."""
+    folder = root / "Annotation" / "manual"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, codes in attributes.items():
+        marks = [f"{100 + 10 * k:.2f}\t{120 + 5 * k:.2f}" for k in range(5)]
+        (folder / f"{stem}_manu_attri.txt").write_text("\n".join(marks + [str(c) for c in codes]) + "\n")
+    return folder
+
+
 AFFECTNET_HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
 
 
@@ -65,7 +76,8 @@ def affectnet_npy(root: Path, train: list[int], test: list[int]) -> Path:
     return root
 
 
-def affectnet_plus(root: Path, train: list[int], test: list[int]) -> Path:
+def affectnet_plus(root: Path, train: list[int], test: list[int], meta=None) -> Path:
+    """`meta(folder, i)`: meta-data keys to set (a None value removes the key) on record i."""
     for folder, codes in (("train_set", train), ("validation_set", test)):
         for i, code in enumerate(codes):
             base = root / "human_annotated" / folder
@@ -75,6 +87,8 @@ def affectnet_plus(root: Path, train: list[int], test: list[int]) -> Path:
             record = {"human-label": code, "soft-label": soft.tolist(), "subset": i % 3,
                       "meta-data": {"age": 30, "valence": 0.5, "arousal": -2,
                                     "landmark-68": list(range(136)), "gender": {"female": 0.4, "male": 0.6}}}
+            changed = {**record["meta-data"], **(meta(folder, i) if meta else {})}
+            record["meta-data"] = {k: v for k, v in changed.items() if v is not None}
             (base / "annotations").mkdir(parents=True, exist_ok=True)
             (base / "annotations" / f"{i}.json").write_text(json.dumps(record))
     return root

@@ -1,7 +1,8 @@
 """Datasets: one module per dataset, all mapping into the canonical label space.
 
 `build_splits(cfg)` returns {"train", "val", "test"} FERData for the configured dataset, read
-through the packed cache, with noise injected into the training split when asked.
+through the packed cache, with the training split sub-sampled to a group mix and noise injected
+into it when asked (in that order: the noise rates hold on the training set as used).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ldl.data.cache import load_or_build
 from ldl.data.dataset import BatchLoader, FERData
+from ldl.data.groups import sample_group_mix
 from ldl.data.noise import apply_noise
 from ldl.data.synthetic import SyntheticSpec, generate_split, task_ceiling
 
@@ -36,11 +38,14 @@ def synthetic_split(cfg: DictConfig, split: str) -> FERData:
     s = cfg.data.synthetic
     spec = SyntheticSpec(num_classes=cfg.data.num_classes, image_size=cfg.data.image_size, seed=s.seed)
     n = {"train": s.num_train, "val": s.num_val, "test": s.num_test}[split]
+    groups = {name: list(proportions) for name, proportions in s.groups.items() if proportions}
     key = {"dataset": "synthetic", "split": split, "n": n, "spec": spec.__dict__, "version": 1}
+    if groups:  # only then: a world without groups keeps its cache entries
+        key["groups"] = groups
 
     def build(alloc) -> FERData:
         with tqdm(total=n, desc=f"render synthetic {split}", unit="img", disable=not cfg.log.progress) as bar:
-            data = generate_split(spec, split, n, progress=bar)
+            data = generate_split(spec, split, n, progress=bar, groups=groups)
         data.info["ceiling"] = task_ceiling(data.dist)
         return data
 
@@ -61,7 +66,11 @@ def build_splits(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "te
     if cfg.data.va_file:  # pseudo-VA for datasets without human VA (`ldl va annotate`)
         from ldl.data.loading import read_va_file
         out = {split: read_va_file(Path(cfg.data.va_file).expanduser(), data) for split, data in out.items()}
-    if "train" in out and cfg.data.noise.type != "none":
+    mix = cfg.data.group_mix
+    if "train" in out and mix.attribute:
+        out["train"] = sample_group_mix(out["train"], mix.attribute, list(mix.groups), list(mix.proportions),
+                                        mix.size, mix.seed)
+    if "train" in out and (cfg.data.noise.type != "none" or cfg.data.noise.group_attribute):
         out["train"] = apply_noise(out["train"], cfg.data.noise, name)
     return out
 

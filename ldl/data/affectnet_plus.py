@@ -3,11 +3,13 @@
 AffectNet+/human_annotated/{train_set,validation_set}/{images/<id>.jpg, annotations/<id>.json}
 JSON keys (lowercase, hyphenated; capitalised variants accepted): human-label (AffectNet code),
 soft-label (8 floats, AffectNet order), subset (0 easy, 1 challenging, 2 difficult),
-meta-data {valence, arousal, landmark-68 (136 numbers), ...}.  `ldl teacher label` writes the
-same layout, so our teacher's labels and the official files load through this one reader.  Our
-one addition, absent from official files: meta-data.label-distribution (8 floats, canonical
-order), the source dataset's true or crowd distribution when it has one (the synthetic truth), read
-as `dist` when every sample carries it, so annotator noise and the LDL metrics use the truth.
+meta-data {valence, arousal, landmark-68 (136 numbers), age (years, binned), gender and race
+({group: probability}: the argmax is the sample's group, the probabilities are kept), ...}.
+`ldl teacher label` writes the same layout, so our teacher's labels and the official files load
+through this one reader.  Our one addition, absent from official files:
+meta-data.label-distribution (8 floats, canonical order), the source dataset's true or crowd
+distribution when it has one (the synthetic truth), read as `dist` when every sample carries it,
+so annotator noise and the LDL metrics use the truth.
 validation_set is the test set; `val` is held out of training.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from omegaconf import DictConfig
 
 from ldl.data import register_dataset
 from ldl.data.dataset import FERData
+from ldl.data.groups import parse_age, parse_probabilities, stack_groups, stack_probabilities
 from ldl.data.loading import DataError, ErrorPolicy, cached_split, data_root, decode_into, train_val_test
 
 SPLIT_FOLDERS = {"train": "train_set", "test": "validation_set"}
@@ -71,9 +74,35 @@ def parse_record(record: dict, where: str, policy: ErrorPolicy) -> dict | None:
     if marks is not None and len(marks) != 136:
         policy.bad(where, "malformed annotation", f"landmark-68 has {len(marks)} numbers, expected 136")
         return None
+    attributes = parse_groups(meta, where, policy)
+    if attributes is None:
+        return None
     return {"label": label, "soft": soft_arr / soft_arr.sum(), "subset": subset, "va": va,
             "dist": None if truth_arr is None else truth_arr / truth_arr.sum(),
-            "landmarks": None if marks is None else np.asarray(marks, dtype=np.float32).reshape(68, 2)}
+            "landmarks": None if marks is None else np.asarray(marks, dtype=np.float32).reshape(68, 2),
+            "groups": attributes[0], "group_probs": attributes[1]}
+
+
+def parse_groups(meta: dict, where: str, policy: ErrorPolicy) -> tuple[dict, dict] | None:
+    """meta-data's demographic attributes: age (years, binned as RAF-DB's), gender and race
+    ({group: probability}: the argmax is the group, the probabilities are kept).  An absent key
+    is an unknown value; a malformed one goes through `policy` (None)."""
+    groups, probs = {}, {}
+    if meta.get("age") is not None:
+        age = parse_age(meta["age"])
+        if age is None:
+            policy.bad(where, "malformed annotation", f"meta-data.age {meta['age']!r} is not an age in years")
+            return None
+        groups["age"] = age
+    for key in ("gender", "race"):
+        if meta.get(key) is not None:
+            parsed = parse_probabilities(meta[key])
+            if parsed is None:
+                policy.bad(where, "malformed annotation",
+                           f"meta-data.{key} {meta[key]!r} must map each group to a probability >= 0")
+                return None
+            groups[key], probs[key] = parsed
+    return groups, probs
 
 
 def write_record(path: Path, human_label: int, soft_label: np.ndarray, subset: int, meta: dict) -> None:
@@ -131,7 +160,8 @@ def affectnet_plus_split(cfg: DictConfig, split: str) -> FERData:
                            names=np.array([r["name"] for r in rows]), va=np.array([r["va"] for r in rows], np.float32),
                            soft=np.stack([r["soft"] for r in rows]).astype(np.float32),
                            subset=np.array([r["subset"] for r in rows], dtype=np.int64), landmarks=landmarks,
-                           dist=_all_or_none([r["dist"] for r in rows]))
+                           dist=_all_or_none([r["dist"] for r in rows]), groups=stack_groups([r["groups"] for r in rows]))
+            data.group_probs, data.info["group_prob_columns"] = stack_probabilities([r["group_probs"] for r in rows])
             data.info["excluded_codes"] = excluded
             return data
 

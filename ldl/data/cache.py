@@ -21,11 +21,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ldl.data.dataset import FERData
+from ldl.data.dataset import PER_SAMPLE_DICTS, FERData
 
 VERIFY_MODES = ("stat", "content")
 LANDMARKS_FILE = "landmarks.npy"   # predicted landmarks beside an entry's images (ldl/landmarks.py)
 CACHE_ENTRY = "cache_entry"        # info key: the entry folder a split was loaded from
+SEP = ":"                          # named per-sample arrays (FERData.groups ...) are stored as "<field>:<key>"
 
 
 def default_cache_dir() -> Path:
@@ -163,6 +164,8 @@ def _discard(folder: Path) -> None:
 def _save_arrays(data: FERData, folder: Path, key: dict, sources: dict) -> None:
     arrays = {f.name: getattr(data, f.name) for f in fields(data)
               if isinstance(getattr(data, f.name), np.ndarray) and f.name != "images"}
+    for name in PER_SAMPLE_DICTS:
+        arrays.update({f"{name}{SEP}{key}": column for key, column in getattr(data, name).items()})
     if isinstance(data.images, np.memmap):
         data.images.flush()
     np.savez(folder / "arrays.npz", **arrays)
@@ -174,7 +177,9 @@ def _save_arrays(data: FERData, folder: Path, key: dict, sources: dict) -> None:
 def _load(folder: Path) -> FERData:
     meta = json.loads((folder / "meta.json").read_text())
     with np.load(folder / "arrays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+        arrays = {k: z[k] for k in z.files if SEP not in k}
+        named = {name: {k.split(SEP, 1)[1]: z[k] for k in z.files if k.startswith(name + SEP)}
+                 for name in PER_SAMPLE_DICTS}
     predicted = folder / LANDMARKS_FILE   # `ldl landmarks`: they fill the samples without landmarks of their own
     if predicted.is_file():
         points = np.load(predicted)
@@ -182,4 +187,4 @@ def _load(folder: Path) -> FERData:
         arrays["landmarks"] = points if own is None else np.where(np.isfinite(own), own, points)
     images = np.load(folder / "images.npy", mmap_mode="r")
     return FERData(images=images, num_classes=meta["num_classes"], info={**meta["info"], CACHE_ENTRY: str(folder)},
-                   **arrays)
+                   **arrays, **named)

@@ -15,6 +15,9 @@ import torch
 from ldl.data.augment import BatchAugment, normalize
 
 
+PER_SAMPLE_DICTS = ("groups", "group_probs")   # FERData fields holding named per-sample arrays
+
+
 @dataclass
 class FERData:
     images: np.ndarray                     # uint8 [N, H, W, 3]
@@ -28,6 +31,12 @@ class FERData:
     soft: np.ndarray | None = None         # float32 [N, C] teacher soft labels (AffectNet+ style)
     subset: np.ndarray | None = None       # int64 [N] 0 easy / 1 challenging / 2 difficult
     clean_labels: np.ndarray | None = None  # int64 [N] labels before noise injection
+    # Demographic attributes (gender, age, race, skin tone ...): attribute -> str [N] group of each
+    # sample, "" where that sample's value is unknown; an attribute no sample has is absent.
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    # attribute -> float32 [N, K] group probabilities where the source gives them (AffectNet+),
+    # columns named by info["group_prob_columns"][attribute]; NaN rows where unknown.
+    group_probs: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # skipped-input counts, ceilings, noise report ...
 
     def __len__(self) -> int:
@@ -40,6 +49,8 @@ class FERData:
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray) and f.name != "images":
                 changes[f.name] = value[index]
+            elif f.name in PER_SAMPLE_DICTS:
+                changes[f.name] = {key: column[index] for key, column in value.items()}
         changes["images"] = self.images[index]
         return replace(self, **changes, info=dict(self.info))
 

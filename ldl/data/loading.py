@@ -168,7 +168,7 @@ def cached_split(cfg: DictConfig, split: str, sources: list[Path], extra_key: di
     verify = cfg.data.cache_verify
     key = {"dataset": cfg.data.name, "split": split, "size": cfg.data.image_size, "on_error": cfg.data.on_error,
            "sources": fingerprint_files(sources, verify), "verify": verify, "num_classes": cfg.data.num_classes,
-           **extra_key, "version": 2}
+           **extra_key, "version": 3}   # 3: entries carry group attributes
 
     def make(entry: EntryWriter) -> FERData:
         policy = ErrorPolicy(cfg.data.on_error)

@@ -1,7 +1,9 @@
 """A CSV manifest for any other dataset.
 
 Header columns: path, label, split (train / val / test), optionally valence, arousal, and
-distribution columns p_<Class> named in the canonical order (p_Neutral ... p_Contempt).
+distribution columns p_<Class> named in the canonical order (p_Neutral ... p_Contempt), and
+one column group_<attribute> per demographic attribute (group_gender, group_race ...) holding
+each sample's group (a name of letters, digits, spaces and _-+.); an empty cell is an unknown value.
 `label` is a canonical class name (case-insensitive) or index 0..7; relative paths are
 resolved against the manifest's folder.  data.root is the manifest file.  A path that leads
 outside the manifest's folder (`../x.jpg`, an absolute path elsewhere, a symlink out of it) is
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +22,15 @@ from omegaconf import DictConfig
 
 from ldl.data import register_dataset
 from ldl.data.dataset import FERData
+from ldl.data.groups import stack_groups
 from ldl.data.labels import CLASSES
 from ldl.data.loading import DataError, ErrorPolicy, cached_split, check_classes, decode_into, require_file
 
 BY_NAME = {name.lower(): i for i, name in enumerate(CLASSES)}
 DIST_COLUMNS = [f"p_{name}" for name in CLASSES]
+GROUP_PREFIX = "group_"
+GROUP_NAME = re.compile(r"[A-Za-z0-9_-]+")
+GROUP_VALUE = re.compile(r"[\w +.-]+")   # a name, not a list or a probability dict pasted into the cell
 SPLITS = ("train", "val", "test")
 
 
@@ -62,6 +69,11 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
                 raise DataError(f"{manifest}:1: missing column(s) {missing}; header is {header}")
             has_va = "valence" in header and "arousal" in header
             dist_cols = [c for c in DIST_COLUMNS if c in header]
+            group_cols = [c for c in header if c.startswith(GROUP_PREFIX)]
+            bad = [c for c in group_cols if not GROUP_NAME.fullmatch(c.removeprefix(GROUP_PREFIX))]
+            if bad:
+                raise DataError(f"{manifest}:1: group column {bad[0]!r} must be group_<attribute> with an "
+                                "attribute of letters, digits, '_' or '-'")
             rows = []
             for line_no, row in enumerate(reader, start=2):
                 where = f"{manifest}:{line_no}"
@@ -98,7 +110,13 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
                     if (dist < 0).any() or not math.isclose(dist.sum(), 1, abs_tol=1e-3):
                         policy.bad(where, "malformed line", "distribution columns must be >= 0 and sum to 1")
                         continue
-                rows.append((image_path(row["path"], manifest, where, allow_outside_root), label, va, dist, where))
+                groups = {c.removeprefix(GROUP_PREFIX): row[c].strip() for c in group_cols if row[c].strip()}
+                odd = [f"{GROUP_PREFIX}{k} {v!r}" for k, v in groups.items() if not GROUP_VALUE.fullmatch(v)]
+                if odd:
+                    policy.bad(where, "malformed line", f"{odd[0]}: a group is a name of letters, digits, spaces "
+                                                        "and _-+. (e.g. female, 20-39, 70+, latino hispanic)")
+                    continue
+                rows.append((image_path(row["path"], manifest, where, allow_outside_root), label, va, dist, where, groups))
         if not rows:
             raise DataError(f"{manifest}: no '{split}' rows: the {split} split is empty")
         images, kept = decode_into(alloc, [r[0] for r in rows], cfg.data.image_size, policy,
@@ -107,7 +125,8 @@ def manifest_split(cfg: DictConfig, split: str) -> FERData:
         return FERData(images=images, labels=np.array([r[1] for r in rows], dtype=np.int64), num_classes=8,
                        names=np.array([str(r[0]) for r in rows]),
                        va=np.array([r[2] for r in rows], dtype=np.float32) if has_va else None,
-                       dist=np.stack([r[3] for r in rows]).astype(np.float32) if dist_cols else None)
+                       dist=np.stack([r[3] for r in rows]).astype(np.float32) if dist_cols else None,
+                       groups=stack_groups([r[5] for r in rows]))
 
     data = cached_split(cfg, split, [manifest], {"allow_outside_root": allow_outside_root}, build)
     if split == "train":

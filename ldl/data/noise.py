@@ -19,6 +19,11 @@ Types
   configured: the realised rate follows from the distributions, and its expectation
   mean(1 - q_T(clean)) is saved beside it.
 
+Group-dependent noise (data.noise.group_attribute, groups, group_rates) injects a rate-based type
+within each group of a demographic attribute at that group's own rate (e.g. 10 % on one skin
+tone, 40 % on the other), on top of the type's scheme; the asked and realised rate per group are
+reported beside the overall ones.
+
 The clean labels stay beside the noisy ones; the realised rate and the transition matrix
 (rows: clean class, columns: noisy class, row-normalised) are reported.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -35,6 +41,7 @@ from ldl.data.dataset import FERData
 # Canonical indices: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt.
 PAIR_MAP = {0: 2, 1: 0, 2: 0, 3: 6, 4: 3, 5: 6, 6: 5, 7: 5}
 NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance", "annotator")
+GROUP_NOISE_TYPES = ("symmetric", "asymmetric", "instance")
 TIE_TOLERANCE = 1e-6   # distributions are float32: classes this close to the maximum tie
 
 
@@ -149,7 +156,11 @@ def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) ->
 
 
 def inject(data: FERData, noise_type: str, rate: float, seed: int, temperature: float = 1.0,
-           dataset: str = "this dataset") -> FERData:
+           dataset: str = "this dataset", group_attribute: str | None = None,
+           group_rates: Mapping[str, float] | None = None) -> FERData:
+    if group_attribute and noise_type not in GROUP_NOISE_TYPES:
+        raise ValueError(f"data.noise.group_attribute={group_attribute!r}: group-dependent noise takes a rate-based "
+                         f"data.noise.type ({', '.join(GROUP_NOISE_TYPES)}), got {noise_type!r}")
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"data.noise.type must be one of {NOISE_TYPES}, got {noise_type!r}")
     if not 0 <= rate <= 0.5:
@@ -163,15 +174,49 @@ def inject(data: FERData, noise_type: str, rate: float, seed: int, temperature: 
         clean, noisy, report = _annotator(replace(data, labels=clean), temperature, rng, dataset)
         return _with_noisy_labels(data, clean, noisy, {"type": noise_type, "seed": seed, **report})
     base = replace(data, labels=clean)
-    if noise_type == "symmetric":
-        noisy = _symmetric(clean, rate, data.num_classes, rng)
-    elif noise_type == "asymmetric":
-        noisy = _asymmetric(clean, rate, data.num_classes, rng)
-    elif noise_type == "instance":
-        noisy = _instance(base, rate, rng)
+    spec = {"type": noise_type, "rate": rate, "seed": seed}
+    if group_attribute:
+        noisy, spec["by_group"] = _by_group(base, noise_type, rate, rng, group_attribute, dict(group_rates or {}))
     else:
-        noisy = clean.copy()
-    return _with_noisy_labels(data, clean, noisy, {"type": noise_type, "rate": rate, "seed": seed})
+        noisy = _rate_noise(base, noise_type, rate, rng)
+    return _with_noisy_labels(data, clean, noisy, spec)
+
+
+def _rate_noise(base: FERData, noise_type: str, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Noisy labels of one rate-based type from the clean labels `base.labels`."""
+    if noise_type == "symmetric":
+        return _symmetric(base.labels, rate, base.num_classes, rng)
+    if noise_type == "asymmetric":
+        return _asymmetric(base.labels, rate, base.num_classes, rng)
+    if noise_type == "instance":
+        return _instance(base, rate, rng)
+    return base.labels.copy()
+
+
+def _by_group(base: FERData, noise_type: str, rate: float, rng: np.random.Generator, attribute: str,
+              rates: dict[str, float]) -> tuple[np.ndarray, dict]:
+    """Group-dependent noise: the type's own scheme within each group of `attribute` at that
+    group's rate (`rate` for groups not named, and for unknown values), groups in sorted order
+    from one generator.  Returns the noisy labels and the asked and realised rate per group."""
+    if attribute not in base.groups:
+        raise ValueError(f"data.noise.group_attribute={attribute!r}: the training split has no such attribute "
+                         f"(it has: {', '.join(sorted(base.groups)) or 'none'})")
+    values = base.groups[attribute]
+    absent = sorted(set(rates) - set(values.tolist()))
+    if absent:
+        raise ValueError(f"data.noise.groups: {absent} not among the training split's {attribute} groups "
+                         f"{sorted(set(values.tolist()) - {''})}")
+    for group, group_rate in rates.items():
+        if not 0 <= group_rate <= 0.5:
+            raise ValueError(f"data.noise.group_rates: {group} at {group_rate} is outside [0, 0.5]")
+    noisy, report = base.labels.copy(), {}
+    for group in np.unique(values):
+        members = np.flatnonzero(values == group)
+        group_rate = rates.get(str(group), rate)
+        noisy[members] = _rate_noise(base.select(members), noise_type, group_rate, rng)
+        report[str(group) or "unknown"] = {"rate": group_rate, "n": int(len(members)),
+                                           "realised_rate": float((noisy[members] != base.labels[members]).mean())}
+    return noisy, {"attribute": attribute, "groups": report}
 
 
 def _with_noisy_labels(data: FERData, clean: np.ndarray, noisy: np.ndarray, spec: dict) -> FERData:
@@ -218,7 +263,11 @@ def read_noise_file(path: Path, data: FERData) -> FERData:
 
 
 def apply_noise(data: FERData, noise_cfg, dataset: str = "this dataset") -> FERData:
-    if noise_cfg.type == "file":
+    groups, rates = list(noise_cfg.groups), [float(r) for r in noise_cfg.group_rates]
+    if len(groups) != len(rates) or (groups and not noise_cfg.group_attribute):
+        raise ValueError(f"data.noise.groups {groups} and data.noise.group_rates {rates} must pair up, one rate per "
+                         "group, under a data.noise.group_attribute")
+    if noise_cfg.type == "file" and not noise_cfg.group_attribute:
         return read_noise_file(Path(noise_cfg.file), data)
     return inject(data, noise_cfg.type, float(noise_cfg.rate), int(noise_cfg.seed),
-                  float(noise_cfg.temperature), dataset)
+                  float(noise_cfg.temperature), dataset, noise_cfg.group_attribute, dict(zip(groups, rates)))

@@ -13,17 +13,28 @@ Generative story (per sample):
 
 The task ceiling against the drawn labels is E[max_c q_c] (Bayes accuracy) and the lowest
 expected cross-entropy to them is E[H(q)]; both are reported with the data.
+
+Demographic groups (asked for by proportions, e.g. skin_tone [0.5, 0.5]) are visible and nothing
+else: each sample's group is drawn independently of its class and VA point, and sets a band of skin
+brightness (skin_tone) or of jaw width (face_shape).  The true distribution never depends on the
+group; only what the labels and sample sizes make of it does (group-dependent noise, group mixes).
+The facial strokes are inked relative to the skin, so darker skin shows them at lower contrast, as
+in under-exposed photographs: a rendering gap that a control setting (equal noise, equal mix) shows.
+The groups come from their own seed stream, so a world without groups renders byte for byte as
+before, and one with groups differs from it only in the grouped attribute.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.special import ndtr
 
 from ldl.data.dataset import FERData
+from ldl.data.groups import counts_for
 
 # Canonical order: Neutral, Happy, Sad, Surprise, Fear, Disgust, Anger, Contempt.
 VA_MEAN = np.array([
@@ -52,6 +63,13 @@ AU_PROTOTYPES = np.array([
 ])
 AU_NOISE = 0.08
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+GROUP_STREAM = 7   # the groups' seed streams beside the split's own: drawing them moves no other value
+# attribute -> (group names by number of groups, band centres from the first to the last group,
+# half-width of each band): skin brightness of the face fill, jaw width of the face outline.
+GROUP_ATTRIBUTES = {
+    "skin_tone": ({2: ("light", "dark"), 3: ("light", "medium", "dark")}, (0.78, 0.38), 0.06),
+    "face_shape": ({2: ("narrow", "wide"), 3: ("narrow", "medium", "wide")}, (0.88, 1.08), 0.03),
+}
 
 
 @dataclass(frozen=True)
@@ -283,8 +301,30 @@ def _look(rng: np.random.Generator, n: int) -> np.ndarray:
     ], 1)
 
 
-def generate_split(spec: SyntheticSpec, split: str, n: int, chunk: int = 256, progress=None) -> FERData:
-    """Generate one split; each split has its own seed stream so sizes do not couple them."""
+def _draw_groups(groups: Mapping[str, Sequence[float]], n: int, stream: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """attribute -> (group index [N], the attribute's rendered value [N]): exactly the asked
+    proportions of n (largest remainders get the rest), in a random order seeded by `stream` and
+    the attribute (asking for another attribute too changes none of this one's draws)."""
+    out = {}
+    for attribute in groups:
+        if attribute not in GROUP_ATTRIBUTES:
+            raise ValueError(f"data.synthetic.groups.{attribute}: unknown attribute (known: {', '.join(GROUP_ATTRIBUTES)})")
+        names, (first, last), half_width = GROUP_ATTRIBUTES[attribute]
+        proportions = [float(p) for p in groups[attribute]]
+        if len(proportions) not in names or min(proportions) < 0 or not math.isclose(sum(proportions), 1, abs_tol=1e-6):
+            raise ValueError(f"data.synthetic.groups.{attribute}={proportions}: give 2 or 3 proportions >= 0 summing "
+                             f"to 1, one per group ({' / '.join(names[2])} or {' / '.join(names[3])})")
+        rng = np.random.default_rng([*stream, list(GROUP_ATTRIBUTES).index(attribute)])
+        index = rng.permutation(np.repeat(np.arange(len(proportions)), counts_for(proportions, n)))
+        centres = np.linspace(first, last, len(proportions))
+        out[attribute] = (index, centres[index] + rng.uniform(-half_width, half_width, n))
+    return out
+
+
+def generate_split(spec: SyntheticSpec, split: str, n: int, chunk: int = 256, progress=None,
+                   groups: Mapping[str, Sequence[float]] | None = None) -> FERData:
+    """Generate one split; each split has its own seed stream so sizes do not couple them.
+    `groups`: attribute -> proportions of its groups (e.g. {"skin_tone": [0.5, 0.5]})."""
     rng = np.random.default_rng([spec.seed, SPLIT_IDS[split]])
     va = _sample_va(rng, n, spec.num_classes)
     dist = posterior(va, spec.num_classes)
@@ -293,11 +333,16 @@ def generate_split(spec: SyntheticSpec, split: str, n: int, chunk: int = 256, pr
     au = np.clip(dist @ protos + AU_NOISE * rng.standard_normal((n, len(AUS))), 0, 1.2)
     identity = np.stack([rng.uniform(0.9, 1.05, n), rng.uniform(0.9, 1.1, n),
                          rng.uniform(-0.52, -0.42, n), rng.uniform(0.85, 1.15, n)], 1)
+    drawn = _draw_groups(groups or {}, n, [spec.seed, SPLIT_IDS[split], GROUP_STREAM])
+    if "face_shape" in drawn:
+        identity[:, 0] = drawn["face_shape"][1]
     pts_face = landmarks_from_aus(au, identity)
     pts, pose = _pose(pts_face, rng)
     eye_open = np.clip(0.06 * (1 + 0.9 * au[:, 3] - 0.6 * au[:, 4] - 0.3 * au[:, 5]), 0.008, None)
     mouth_gap = 0.02 + 0.25 * au[:, 9] + 0.05 * au[:, 10] - 0.012
     look = _look(rng, n)
+    if "skin_tone" in drawn:
+        look[:, 3] = drawn["skin_tone"][1]
     images = np.empty((n, spec.image_size, spec.image_size, 3), np.uint8)
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
@@ -309,6 +354,7 @@ def generate_split(spec: SyntheticSpec, split: str, n: int, chunk: int = 256, pr
         images=images, labels=labels.astype(np.int64), num_classes=spec.num_classes,
         names=np.array([f"{split}_{i:06d}" for i in range(n)]), va=va.astype(np.float32),
         landmarks=landmarks_px, dist=dist.astype(np.float32), aus=au.astype(np.float32),
+        groups={a: np.array(GROUP_ATTRIBUTES[a][0][len(groups[a])])[index] for a, (index, _) in drawn.items()},
     )
 
 
