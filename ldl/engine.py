@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldl.data.dataset import BatchLoader
+from ldl.fairness import group_metrics
 from ldl.methods.base import Method
 from ldl.metrics import classification_metrics, distribution_metrics, noise_detection_metrics
 
@@ -162,16 +163,21 @@ def predict_probs(model: nn.Module, method: Method, loader: BatchLoader, device:
 def evaluate(model: nn.Module, method: Method, loader: BatchLoader, device: torch.device,
              amp: bool = True, ece_bins: int = 15) -> dict:
     """Accuracy, mean per-class accuracy, macro-F1, confusion matrix, ECE, NLL; the six LDL
-    measures when the split has ground-truth distributions."""
+    measures when the split has ground-truth distributions; per-group metrics and gaps under
+    "groups" when it has demographic attributes."""
     probs, index = predict_probs(model, method, loader, device, amp)
     data = loader.data
     metrics = classification_metrics(data.labels[index], probs, ece_bins)
+    dist = None if data.dist is None else data.dist[index][:, : probs.shape[1]]
     if data.subset is not None:  # AffectNet+-style subsets: 0 easy, 1 challenging, 2 difficult
         correct = probs.argmax(1) == data.labels[index]
         subset = data.subset[index]
         for s, name in enumerate(("easy", "challenging", "difficult")):
             if (subset == s).any():
                 metrics[f"accuracy_{name}"] = float(correct[subset == s].mean())
-    if data.dist is not None:
-        metrics.update(distribution_metrics(data.dist[index][:, : probs.shape[1]], probs))
+    if dist is not None:
+        metrics.update(distribution_metrics(dist, probs))
+    if data.groups:
+        metrics["groups"] = group_metrics(data.labels[index], probs, {k: v[index] for k, v in data.groups.items()},
+                                          dist, ece_bins)
     return metrics

@@ -23,7 +23,9 @@ from ldl.checkpoint import CheckpointError
 from ldl.config import config_from_dict
 from ldl.data import BatchLoader, FERData, build_splits
 from ldl.data.augment import BatchAugment
+from ldl.data.groups import group_counts
 from ldl.engine import evaluate, score_training_set, train_one_epoch, training_fit
+from ldl.fairness import group_noise_detection
 from ldl.methods.base import Method, MethodContext, build_method
 from ldl.metrics import noise_detection_metrics
 from ldl.models import FERNet, build_model
@@ -195,9 +197,10 @@ def wants_train_pass(cfg: DictConfig, train: FERData) -> bool:
     raise ValueError(f"eval.train_pass must be auto, true or false, got {setting!r}")
 
 
-def _export_samples(job: Job, path: Path, scored: tuple[np.ndarray, dict[str, np.ndarray]] | None) -> dict:
+def _export_samples(job: Job, path: Path, scored: tuple[np.ndarray, dict[str, np.ndarray]] | None) -> tuple[dict, dict | None]:
     """Per-training-sample CSV (label, clean label, the small-loss score and every method
-    export) and the noise-detection scores of each 1-d score when clean labels exist.
+    export) and the noise-detection scores of each 1-d score when clean labels exist, overall
+    and within each demographic group.
     `scored`: the last epoch's scoring pass of the final weights, if one ran (else it runs here)."""
     train = job.splits["train"]
     probs, exports = scored or scoring_pass(job, job.eval_loader("train"))
@@ -212,10 +215,13 @@ def _export_samples(job: Job, path: Path, scored: tuple[np.ndarray, dict[str, np
             for c in range(value.shape[1]):
                 columns[f"{key}_{c}"] = value[:, c]
     detection: dict[str, Any] = {}
+    by_group = None
     if train.clean_labels is not None and train.is_noisy.any():
         for key in ("model_noise_score", "noise_score", "train_pass_noise_score"):
             if key in columns:
                 detection[key] = noise_detection_metrics(np.asarray(columns[key], dtype=float), train.is_noisy)
+        if train.groups:  # does a score find one group's wrong labels as well as another's?
+            by_group = group_noise_detection({k: columns[k] for k in detection}, train.is_noisy, train.groups)
         if "mined_label" in columns:  # label recovery by methods that rewrite labels (SLM, SCN)
             recovered = columns["mined_label"] == train.clean_labels
             detection["label_recovery"] = {"accuracy": float(recovered.mean()),
@@ -227,7 +233,7 @@ def _export_samples(job: Job, path: Path, scored: tuple[np.ndarray, dict[str, np
             writer.writerow(list(columns))
             for row in zip(*columns.values()):
                 writer.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
-    return detection
+    return detection, by_group
 
 
 @torch.no_grad()
@@ -345,7 +351,7 @@ def _train(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None) -> dict
         recorder.log_epoch(record)
     if not last_eval:  # resumed a finished run: evaluate the final weights again
         last_eval = evaluate_splits()
-    detection = _export_samples(job, run_dir / "samples.csv", scored)
+    detection, group_detection = _export_samples(job, run_dir / "samples.csv", scored)
     distributed = _check_consistency(job) if job.world > 1 else None
     train = splits["train"]
     summary = {
@@ -357,6 +363,9 @@ def _train(cfg: DictConfig, run_dir: Path, state: dict[str, Any] | None) -> dict
         "train_time_s": time.perf_counter() - train_start,
         "noise": train.info.get("noise"), "noise_detection": detection,
         "noise_detection_scores": DETECTION_NOTE if detection else None,
+        # per-group metrics are under final/best_val[split]["groups"]; here the groups' sizes and the training mix
+        "groups": {"counts": {split: group_counts(d) for split, d in splits.items()}, "mix": train.info.get("group_mix"),
+                   "noise_detection": group_detection} if train.groups else None,
         "ceiling": {split: d.info.get("ceiling") for split, d in splits.items() if d.info.get("ceiling")},
         "skipped_inputs": {split: d.info.get("skipped") for split, d in splits.items() if d.info.get("skipped")},
         "distributed": distributed,
