@@ -32,6 +32,7 @@ def results_table(title: str, rows: dict[str, dict]) -> Table:
 def _train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from ldl.group_report import group_tables
     from ldl.train import init_distributed, run_training
 
     init_distributed()
@@ -49,6 +50,8 @@ def _train(args: argparse.Namespace) -> int:
     final = {k: v for k, v in summary["final"].items() if isinstance(v, dict)}
     console.print(results_table(f"{summary['method']} on {summary['dataset']} "
                                 f"(seed {summary['seed']}, epoch {summary['final']['epoch']})", final))
+    for table in group_tables(final.get("test", {}), "test"):
+        console.print(table)
     best = summary["best_val"]
     if best.get("epoch") and "test" in best:
         console.print(f"best validation epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
@@ -67,11 +70,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ldl.group_report import group_tables
     from ldl.train import evaluate_checkpoint
 
     metrics, cfg, epoch = evaluate_checkpoint(Path(args.checkpoint), args.split, overrides=tuple(args.overrides))
     console.print(results_table(f"{Path(args.checkpoint)} on {cfg.data.name} {args.split} (epoch {epoch})",
                                 {args.split: metrics}))
+    for table in group_tables(metrics, f"{cfg.data.name} {args.split}"):
+        console.print(table)
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1))
         console.print(f"metrics written to {args.out}")

@@ -1,6 +1,7 @@
 """`ldl cross PLAN`: train on each listed dataset, evaluate on every other in the shared
 7-class space; the matrix has the in-domain diagonal and the mean off-diagonal, like the
-cross-dataset tables of FER papers.
+cross-dataset tables of FER papers.  Where a test set has demographic groups, matrices of the
+gaps between its groups follow, per attribute (ldl.fairness).
 
 Plan file:
     image_size: 48
@@ -24,6 +25,7 @@ from omegaconf import OmegaConf
 
 from ldl import cross_report, transfer
 from ldl.config import load_config
+from ldl.group_report import cross_gap_matrices, cross_markdown
 from ldl.train import evaluate_checkpoint, run_training
 
 
@@ -60,18 +62,21 @@ def run_cross(plan_path: Path, out_dir: Path, base_dir: Path = Path(".")) -> dic
         checkpoints[name] = run_dir / "checkpoint.pt"
     acc = np.zeros((len(names), len(names)))
     mca, f1 = np.zeros_like(acc), np.zeros_like(acc)
+    groups = [[{} for _ in names] for _ in names]   # per-group metrics where the test set has groups
     for i, train in enumerate(names):
         for j, test in enumerate(names):
             data = OmegaConf.to_container(configs[test].data, resolve=True)
             metrics, _, _ = evaluate_checkpoint(checkpoints[train], "test", data_section=data)
             acc[i, j], mca[i, j], f1[i, j] = metrics["accuracy"], metrics["mean_class_accuracy"], metrics["macro_f1"]
+            groups[i][j] = metrics.get("groups", {})
     off = ~np.eye(len(names), dtype=bool)
     result = {"datasets": names, "space": "7 classes (Contempt dropped)", "epoch": "last",
               "accuracy": acc.round(4).tolist(), "mean_class_accuracy": mca.round(4).tolist(),
               "macro_f1": f1.round(4).tolist(),
               "in_domain": dict(zip(names, np.diag(acc).round(4).tolist())),
               "mean_off_diagonal": float(acc[off].mean()),
-              "mean_off_diagonal_per_train": dict(zip(names, [float(acc[i][off[i]].mean()) for i in range(len(names))]))}
+              "mean_off_diagonal_per_train": dict(zip(names, [float(acc[i][off[i]].mean()) for i in range(len(names))])),
+              "groups": cross_gap_matrices(names, groups)}
     run_dirs = {name: out_dir / f"train-{name}" for name in names}
     result["transfer"] = transfer.explain(result, configs, run_dirs, plan.get("similarity"))
     (out_dir / "cross.json").write_text(json.dumps(result, indent=1))
@@ -88,4 +93,4 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['mean_off_diagonal_per_train'][name]:.2%} |")
     lines.append(f"\nMean off-diagonal accuracy: {result['mean_off_diagonal']:.2%} ({result['space']}, "
                  f"{result['epoch']} epoch).")
-    return "\n".join(lines)
+    return "\n".join(lines) + cross_markdown(result)

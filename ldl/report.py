@@ -20,6 +20,7 @@ transition matrix per noisy setting (clean label by given label, row-normalised)
 realised noise rate per method, the
 cross-dataset heat map (when a cross.json is among the inputs), confusion matrices, histograms
 of each method's noise score for clean and noisy samples, and reliability diagrams.
+Runs with demographic groups add a table and a bar figure per attribute (ldl.group_report).
 """
 from __future__ import annotations
 
@@ -101,10 +102,16 @@ def _protocol(summary: dict) -> str:
 
 def _noise(summary: dict) -> tuple[str, float]:
     """(type, realised rate) of a run's training labels, ("none", 0.0) when none differs from its
-    clean label.  Summaries without a realised rate (older runs) give the configured one."""
+    clean label.  Summaries without a realised rate (older runs) give the configured one.
+    Group-dependent noise names its asked rate per group in the type, e.g. `symmetric (skin_tone
+    dark 40% / light 10%)`, so that it never shares a row with uniform noise of the same rate."""
     noise = summary.get("noise") or {}
     rate = float(noise.get("realised_rate", noise.get("rate", 0.0)))
-    return (noise.get("type", "none"), rate) if rate > 0 else ("none", 0.0)
+    kind = noise.get("type", "none")
+    if noise.get("by_group"):
+        by_group = noise["by_group"]
+        kind += f" ({by_group['attribute']} " + " / ".join(f"{g} {e['rate']:.0%}" for g, e in by_group["groups"].items()) + ")"
+    return (kind, rate) if rate > 0 else ("none", 0.0)
 
 
 def _setting_noise(runs: list[Path], summaries: dict[Path, dict]) -> tuple[str, float]:
@@ -358,6 +365,7 @@ def _cross_heatmap(cross: dict) -> str:
 
 
 def build_report(paths: list[Path], out_dir: Path) -> dict:
+    from ldl.group_report import group_sections   # it draws with this module's helpers
     runs, crosses = find_runs(paths)
     if not runs and not crosses:
         raise ValueError(f"no run folders (summary.json) or cross.json under {[str(p) for p in paths]}")
@@ -405,6 +413,8 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
         curve = _accuracy_vs_noise(groups, protocol)
         if curve:
             figures.append((f"Accuracy against realised noise rate, {protocol} protocol", curve))
+    group_md, group_html, group_figures = group_sections(groups)   # a table and a bar figure per attribute
+    figures += group_figures
     cross_results = [json.loads(c.read_text()) for c in crosses]
     for cross in cross_results:
         figures.append(("Cross-dataset matrix (train rows, test columns)", _cross_heatmap(cross)))
@@ -423,6 +433,7 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     md = ["# ldl report", "", note, ""]
     for protocol, table in md_tables.items():
         md += [f"**{PROTOCOL_CAPTIONS.get(protocol, protocol)}**", "", table, ""]
+    md += group_md
     for cross in cross_results:
         md += ["## Cross-dataset", "", cross_markdown(cross), ""]
     fig_dir = out_dir / "figures"
@@ -453,7 +464,7 @@ body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-col
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:right}} th{{background:#f3f3f3}}
 td.diag{{font-weight:bold;background:#eef6ee}} figure{{display:inline-block;margin:8px;vertical-align:top}}
 figcaption{{font-size:12px;max-width:420px}} p.note{{max-width:60em;font-size:13px;color:#555}}
-</style></head><body><h1>ldl report</h1><p class="note">{html.escape(note)}</p>{table_html}{cross_html}
+</style></head><body><h1>ldl report</h1><p class="note">{html.escape(note)}</p>{table_html}{group_html}{cross_html}
 <h2>Figures</h2>{figs_html}</body></html>"""
     (out_dir / "report.html").write_text(page)
     return {"groups": len(groups), "runs": len(runs), "repeats": len(repeats), "figures": len(figures),

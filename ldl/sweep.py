@@ -104,9 +104,11 @@ def _override(name: str, value: Any) -> str:
 
 def _label(value: Any) -> str:
     """A value as it appears in a run folder's name; a mapping (several keys set together, e.g.
-    data.noise: {type: instance, rate: 0.2}) by its values."""
+    data.noise: {type: instance, rate: 0.2}) by its values, a list ([0.9, 0.1]) by its items."""
     if isinstance(value, dict):
         return "_".join(_label(v) for v in value.values()) or "default"   # {}: the config's own
+    if isinstance(value, list):   # no brackets, quotes or spaces in folder names
+        return "_".join(_label(v) for v in value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
