@@ -46,6 +46,16 @@ def rafdb_manual(root: Path, attributes: dict[str, tuple[int, int, int]]) -> Pat
     return folder
 
 
+def manifest(folder: Path, columns: list[str], rows: list[list[str]]) -> Path:
+    """A manifest CSV `path,<columns>` with one 40 px image img/<i>.jpg per row."""
+    lines = [",".join(["path", *columns])]
+    for i, row in enumerate(rows):
+        jpeg(folder / "img" / f"{i}.jpg", size=40)
+        lines.append(",".join([f"img/{i}.jpg", *row]))
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return folder / "m.csv"
+
+
 AFFECTNET_HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
 
 
