@@ -11,6 +11,9 @@ Sections (all by default):
   cache   packed-cache build time and size: the synthetic set, and a RAF-DB-layout set of
           100x100 JPEGs written for the purpose.
   loader  loader + augmentation batches/s against the model steps/s it feeds.
+  backbone  the backbones at one input size (150 px, dlib's native, on a GPU; 112 px on CPU):
+          ResNet-18 (width 64, ImageNet stem) and dlib's face-recognition ResNet (model.arch=
+          dlib_face): CE through our loop against the raw step of the same model, images/s.
   run     wall time of one whole `ldl train` (JPEG decode and cache build, training, evaluation
           every epoch, checkpoints) of CE on a RAF-DB-sized set of JPEGs in RAF-DB's layout:
           60 epochs at the profile's size on a GPU; `--run-epochs` sets them (default 2 on CPU).
@@ -45,7 +48,8 @@ from ldl.tracking import machine
 from ldl.train import Job, run_training
 
 METHODS = ("ce", "label_smoothing", "ldlva", "ldlva:faithful", "slm_aea", "scn", "rul", "eac")
-SECTIONS = ("train", "eval", "knn", "cache", "loader", "run")  # eval is measured with each method in `train`
+SECTIONS = ("train", "eval", "knn", "cache", "loader", "run", "backbone")  # eval is measured with each method in `train`
+BACKBONES = ("resnet18", "dlib_face")
 
 
 def _sync() -> None:
@@ -63,15 +67,22 @@ def profile(gpu: bool) -> dict:
     """Sizes for a CPU run (small network, 48 px) and for a GPU run (ResNet-18 at 112 px)."""
     if gpu:
         return {"image_size": 112, "width": 64, "stem": "imagenet", "batch": 256, "steps": 40,
-                "knn_sizes": [12271, 50000, 100000, 287651], "run_epochs": 60}
+                "knn_sizes": [12271, 50000, 100000, 287651], "run_epochs": 60,
+                "backbone": {"image_size": 150, "batch": 256, "steps": 40}}
     return {"image_size": 48, "width": 16, "stem": "small", "batch": 128, "steps": 12,
-            "knn_sizes": [12271, 50000], "run_epochs": 2}
+            "knn_sizes": [12271, 50000], "run_epochs": 2, "backbone": {"image_size": 112, "batch": 32, "steps": 6}}
+
+
+def _model_overrides(p: dict) -> list[str]:
+    arch = p.get("arch", "resnet18")
+    size = [f"model.input_size={p['image_size']}"] if arch == "dlib_face" else []   # no resize inside
+    return [f"model.arch={arch}", f"model.width={p['width']}", f"model.stem={p['stem']}", *size]
 
 
 def _cfg(p: dict, method: str, extra: list[str] = ()):
     name, _, mode = method.partition(":")
-    overrides = [f"data.image_size={p['image_size']}", f"model.width={p['width']}", f"model.stem={p['stem']}",
-                 f"optim.batch_size={p['batch']}", f"data.synthetic.num_train={p['batch'] * p['steps']}",
+    overrides = [f"data.image_size={p['image_size']}", *_model_overrides(p), f"optim.batch_size={p['batch']}",
+                 f"data.synthetic.num_train={p['batch'] * p['steps']}",
                  "data.synthetic.num_val=512", f"data.synthetic.num_test={2 * p['batch']}", f"method.name={name}",
                  "log.progress=false", "log.wandb=disabled", "optim.warmup_epochs=0", *extra]
     if mode:
@@ -80,7 +91,9 @@ def _cfg(p: dict, method: str, extra: list[str] = ()):
 
 
 def raw_step_images_per_s(p: dict, device: torch.device, channels_last: bool, steps: int) -> float:
-    model = build_model("resnet18", 8, p["width"], p["stem"]).to(device)
+    arch = p.get("arch", "resnet18")
+    model = build_model(arch, 8, p["width"], p["stem"],
+                        input_size=p["image_size"] if arch == "dlib_face" else None).to(device)
     x = torch.randn(p["batch"], 3, p["image_size"], p["image_size"], device=device)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -121,6 +134,19 @@ def bench_train(p: dict, methods: tuple[str, ...]) -> dict:
     if "ce" in out:
         for method in out:
             out[method]["epoch_time_over_ce"] = out[method]["epoch_time_s"] / out["ce"]["epoch_time_s"]
+    return out
+
+
+def bench_backbones(p: dict) -> dict:
+    """CE on each backbone at one input size: our loop and the raw step, and each against ResNet-18."""
+    out = {}
+    for arch in BACKBONES:
+        q = {**p, **p["backbone"], "arch": arch, "width": 64, "stem": "imagenet"}
+        out[arch] = bench_train(q, ("ce",))["ce"]
+        out[arch].update(image_size=q["image_size"], batch=q["batch"])
+        for key in ("loop_images_per_s", "raw_step_images_per_s"):
+            out[arch][f"{key}_over_resnet18"] = out[arch][key] / out["resnet18"][key]
+        print(arch, {k: round(v, 3) for k, v in out[arch].items()}, flush=True)
     return out
 
 
@@ -262,6 +288,8 @@ def run_bench(out_dir: Path, sections: tuple[str, ...], methods: tuple[str, ...]
             results["knn"] = bench_knn(p["knn_sizes"], budget_s=knn_budget_s)
         elif section == "run":
             results["run"] = bench_run(p, rafdb_n, run_epochs or p["run_epochs"])
+        elif section == "backbone":
+            results["backbone"] = bench_backbones(p)
         elif section in ("cache", "loader") and not {"cache", "loader"} & done:  # one measurement for both
             results["cache"] = bench_cache_and_loader(p, synthetic_n, rafdb_n)
         results.setdefault("peak_memory_mb", {})[section] = peak_memory_mb()

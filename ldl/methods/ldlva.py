@@ -37,7 +37,7 @@ not predict, so l falls, the target becomes the network's prediction and trainin
 to the majority class.  Default 0 (the paper); the from-scratch synthetic configs use 1.
 
 `space=landmarks` searches neighbours in the AU proxy's facial geometry of the 68 landmarks
-(ldl/teacher/au_proxy.py), for datasets without VA: their own landmarks or `ldl landmarks`'.
+(ldl/teacher/au_proxy.py), for datasets without VA: their own landmarks or `ldl landmarks`'s.
 
 Neighbours in feature space (`space=features`) are first searched in the starting network's
 features; they are searched again at the first epoch boundary after the warm-up and every
