@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from ldl.models import SELF_LOADING  # noqa: E402
 from ldl.report import _figure_to_base64  # noqa: E402
 from ldl.transfer import DISTANCES  # noqa: E402
+from ldl.group_report import cross_gap_tables  # noqa: E402
 
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean-class accuracy", "macro_f1": "macro-F1"}
 DISTANCE_NAMES = {"prior_js": "class-prior JS divergence", "label_js": "label-distribution JS divergence",
@@ -153,7 +154,7 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def write(result: dict, out_dir: Path, title: str) -> None:
     """cross.md (figures as PNG files under figures/) and a self-contained cross.html."""
-    figs, tabs = figures(result), tables(result)
+    figs, tabs = figures(result), tables(result) + cross_gap_tables(result)
     note = (f"Direction: {result['transfer']['direction']}. {result['space']}, {result['epoch']} epoch; one run per "
             f"dataset. The paper's measures and the drops use {METRIC_NAMES[result['transfer']['metric']]}.")
     fig_dir = out_dir / "figures"
