@@ -20,10 +20,12 @@ def first_host(nodelist: str) -> str:
     return flat.split(",")[0]
 
 
-def port_for(job_id: str) -> str:
-    """A port per job id, so that two jobs sharing a node do not take the same one."""
+def port_for(job_id: str, step_id: str = "") -> str:
+    """A port per job id and step, so that two jobs sharing a node, or two srun steps of one job
+    (runs packed into one allocation), do not take the same one."""
     digits = re.sub(r"\D", "", job_id) or "0"
-    return str(PORT_BASE + int(digits) % PORT_SPAN)
+    step = int(re.sub(r"\D", "", step_id) or "0")
+    return str(PORT_BASE + (int(digits) * 101 + step) % PORT_SPAN)
 
 
 def _with_user_address(variables: dict[str, str], env: Mapping[str, str]) -> dict[str, str]:
@@ -37,8 +39,9 @@ def from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         return {}
     return _with_user_address({
         "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-        "MASTER_ADDR": first_host(env.get("SLURM_JOB_NODELIST", "localhost")),
-        "MASTER_PORT": port_for(env.get("SLURM_JOB_ID", "0")),
+        # the step's nodes: an srun on part of the allocation need not start on the job's first node
+        "MASTER_ADDR": first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")),
+        "MASTER_PORT": port_for(env.get("SLURM_JOB_ID", "0"), env.get("SLURM_STEP_ID", "")),
     }, env)
 
 

@@ -24,7 +24,8 @@ pytest.importorskip("submitit")
 EPOCHS = 12   # enough epochs at ~0.1 s each that the preemption lands mid-run
 TIMINGS = ("epoch_time", "train_images_per_s", "eval_time")
 SLURM_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID",
-              "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+              "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT", "SLURM_STEP_NODELIST",
+              "SLURM_STEP_ID")
 
 
 def sweep_file(path, epochs, method="slm_aea"):
@@ -241,6 +242,18 @@ def test_rendezvous_from_slurm_and_from_submitit_agree(monkeypatch):
     assert from_submitit() == expected
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")   # the user's own address wins
     assert from_submitit()["MASTER_ADDR"] == "10.0.0.1"
+
+
+def test_rendezvous_of_an_srun_step_on_part_of_the_allocation_and_of_two_steps_of_one_job():
+    """Two runs packed into one 3-node allocation (`srun -N1 ... & srun -N2 ... &`): each step's
+    rank 0 is on its own step's first node, and the two steps do not share a port."""
+    task = {"SLURM_JOB_ID": "5551", "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    first = from_slurm({**task, "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu07"})
+    second = from_slurm({**task, "SLURM_STEP_ID": "1", "SLURM_STEP_NODELIST": "gpu[08-09]"})
+    assert (first["MASTER_ADDR"], second["MASTER_ADDR"]) == ("gpu07", "gpu08")
+    assert first["MASTER_PORT"] != second["MASTER_PORT"]
+    assert 15000 <= int(second["MASTER_PORT"]) < 30000
 
 
 def test_lock_of_an_earlier_incarnation_of_a_requeued_slurm_job_is_stale(tmp_path, monkeypatch):
