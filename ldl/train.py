@@ -49,8 +49,15 @@ def init_distributed() -> None:
     if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(local_cuda_index())
         dist.init_process_group(backend)
+
+
+def local_cuda_index() -> int:
+    """This process's GPU among the visible ones: LOCAL_RANK, modulo the visible count, since
+    SLURM's per-task binding (`srun --gpus-per-task 1`, `--gpu-bind`) shows each task only its own
+    GPU as cuda:0 while SLURM_LOCALID still counts the node's tasks."""
+    return int(os.environ.get("LOCAL_RANK", 0)) % max(torch.cuda.device_count(), 1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +66,7 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is available (use device=cpu)")
     if dist.is_initialized() and name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", local_cuda_index())
     return torch.device(name)
 
 

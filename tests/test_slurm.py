@@ -273,3 +273,18 @@ def test_lock_of_an_earlier_incarnation_of_a_requeued_slurm_job_is_stale(tmp_pat
         lock.acquire()
     assert (read_owner(run).slurm_job, read_owner(run).slurm_restart) == ("77", 1)
     lock.release()
+
+
+@pytest.mark.parametrize("visible, device", [(4, 3), (1, 0)])
+def test_a_task_bound_to_its_own_gpu_uses_cuda_0(monkeypatch, visible, device):
+    """srun --gpus-per-node 4: every task sees the node's 4 GPUs and takes cuda:LOCAL_RANK;
+    srun --gpus-per-task 1 (or --gpu-bind): each task sees only its own, as cuda:0."""
+    import torch
+    import torch.distributed as dist
+
+    from ldl.train import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda", device)
