@@ -101,6 +101,9 @@ def _noise(args: argparse.Namespace) -> int:
     asked = f"temperature {args.temperature:g}" if args.type == "annotator" else f"at {args.rate:.0%}"
     console.print(f"{args.type} noise {asked}: realised rate {report['realised_rate']:.4f} "
                   f"over {len(noisy)} training samples -> {args.out}")
+    if "off_argmax_rate" in report:
+        console.print(f"labels off their distribution's argmax: {report['off_argmax_rate']:.4f} "
+                      f"(the dataset's own labels: {report['argmax_differs_from_dataset_label']:.4f})")
     console.print(f"use it with: data.noise.type=file data.noise.file={args.out}")
     return 0
 

@@ -101,6 +101,23 @@ def test_three_faces_by_hand():
     assert draw_labels(np.array([[0.0, 1.0, 0.0]] * 2), np.array([0.0, 1 - 1e-12])).tolist() == [1, 1]
 
 
+def test_rate_noise_reports_labels_off_the_argmax_on_the_same_reference_as_annotator_noise():
+    # argmax [0, 2, 0] (ties: s1 to its given 2, s2 to the first class): the given [0, 2, 2] are
+    # already 1/3 off it, before any flip
+    untouched = inject(three_faces(), "symmetric", 0.0, seed=0).info["noise"]
+    assert untouched["realised_rate"] == 0
+    assert untouched["off_argmax_rate"] == pytest.approx(1 / 3)
+    assert untouched["argmax_differs_from_dataset_label"] == pytest.approx(1 / 3)
+    flipped = inject(three_faces(), "symmetric", 1 / 3, seed=0)
+    assert flipped.info["noise"]["realised_rate"] == pytest.approx(1 / 3)
+    assert flipped.info["noise"]["off_argmax_rate"] == pytest.approx((flipped.labels != [0, 2, 0]).mean())
+    annotator = inject(three_faces(), "annotator", 0.0, seed=5)
+    assert annotator.info["noise"]["off_argmax_rate"] == annotator.info["noise"]["realised_rate"]
+    no_distribution = FERData(images=np.zeros((3, 2, 2, 3), np.uint8), labels=GIVEN, num_classes=3,
+                              names=np.array(["a", "b", "c"]))
+    assert "off_argmax_rate" not in inject(no_distribution, "symmetric", 1 / 3, seed=0).info["noise"]
+
+
 def test_annotator_expected_rate_temperature_and_report():
     noisy = inject(three_faces(), "annotator", 0.0, seed=5)
     report = noisy.info["noise"]
