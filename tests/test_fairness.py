@@ -13,7 +13,7 @@ from ldl.cli import main
 from ldl.config import load_config
 from ldl.data import build_splits
 from ldl.data.dataset import FERData
-from ldl.data.groups import sample_group_mix
+from ldl.data.groups import counts_for, sample_group_mix
 from ldl.data.loading import DataError
 from ldl.data.noise import PAIR_MAP, inject
 from ldl.data.synthetic import SyntheticSpec, generate_split
@@ -225,6 +225,14 @@ def test_group_mix_keeps_the_size_and_draws_the_mix_seeded():
         sample_group_mix(data, "skin_tone", ["light", "dark"], [0.1, 0.9], 500, seed=0)
     with pytest.raises(ValueError, match="sum to 1"):
         sample_group_mix(data, "skin_tone", ["light", "dark"], [0.9, 0.2], 500, seed=0)
+
+
+def test_group_counts_keep_the_size_when_the_proportions_sum_a_hair_above_one():
+    # sample_group_mix and the synthetic groups accept sums within 1e-6 of 1; at a million samples
+    # the floors of 500,001 + 500,000 used to overshoot the size, and the rest went negative.
+    counts = counts_for([0.500001, 0.5], 1_000_000)
+    assert counts.sum() == 1_000_000 and (counts >= 0).all()
+    assert counts_for([0.9, 0.1], 500).tolist() == [450, 50]
 
 
 # ------------------------------------------------------------------ summaries, eval, report

@@ -74,8 +74,11 @@ def group_counts(data: FERData) -> dict[str, dict[str, int]]:
 
 
 def counts_for(proportions: Sequence[float], size: int) -> np.ndarray:
-    """Integer counts summing to `size` in the given proportions (largest remainders get the rest)."""
-    exact = np.asarray(proportions, dtype=float) * size
+    """Integer counts summing to `size` in the given proportions (largest remainders get the rest).
+    The proportions are normalised first: callers accept sums within 1e-6 of 1, and without it a
+    sum above 1 floors to more than `size` at a million samples, and the rest goes negative."""
+    shares = np.asarray(proportions, dtype=float)
+    exact = shares / shares.sum() * size
     counts = np.floor(exact).astype(int)
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[: size - counts.sum()]] += 1
