@@ -183,13 +183,19 @@ def inject(data: FERData, noise_type: str, rate: float, seed: int, temperature: 
 
 def _rate_noise(base: FERData, noise_type: str, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Noisy labels of one rate-based type from the clean labels `base.labels`."""
-    if noise_type == "symmetric":
-        return _symmetric(base.labels, rate, base.num_classes, rng)
-    if noise_type == "asymmetric":
-        return _asymmetric(base.labels, rate, base.num_classes, rng)
     if noise_type == "instance":
         return _instance(base, rate, rng)
-    return base.labels.copy()
+    return _label_noise(base.labels, base.num_classes, noise_type, rate, rng)
+
+
+def _label_noise(labels: np.ndarray, num_classes: int, noise_type: str, rate: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The types that read nothing but the labels (symmetric, asymmetric; none: a copy)."""
+    if noise_type == "symmetric":
+        return _symmetric(labels, rate, num_classes, rng)
+    if noise_type == "asymmetric":
+        return _asymmetric(labels, rate, num_classes, rng)
+    return labels.copy()
 
 
 def _by_group(base: FERData, noise_type: str, rate: float, rng: np.random.Generator, attribute: str,
@@ -212,7 +218,10 @@ def _by_group(base: FERData, noise_type: str, rate: float, rng: np.random.Genera
     for group in np.unique(values):
         members = np.flatnonzero(values == group)
         group_rate = rates.get(str(group), rate)
-        noisy[members] = _rate_noise(base.select(members), noise_type, group_rate, rng)
+        if noise_type == "instance":   # its scheme reads the group's distributions or images
+            noisy[members] = _instance(base.select(members), group_rate, rng)
+        else:   # the labels alone: no copy of the group's images (GBs on AffectNet, memory-mapped)
+            noisy[members] = _label_noise(base.labels[members], base.num_classes, noise_type, group_rate, rng)
         report[str(group) or "unknown"] = {"rate": group_rate, "n": int(len(members)),
                                            "realised_rate": float((noisy[members] != base.labels[members]).mean())}
     return noisy, {"attribute": attribute, "groups": report}
