@@ -54,8 +54,9 @@ def global_similarity(matrix: np.ndarray) -> np.ndarray:
     Source: arXiv:2503.20428 ("Global Similarity ... generalization capability").
     Interpretation: the released notebook's Global Similarity cell could not be read in the
     stored copy (only its figure survives), so the averaging of the Paired Similarity over the
-    other datasets is ours; the unnormalised mean off-diagonal M[i, j] is reported beside it by
-    `ldl cross` (`mean_off_diagonal_per_train`), so both readings are available."""
+    other datasets is ours; the unnormalised mean off-diagonal M[i, j] of the same metric is
+    reported beside it by `ldl cross` (transfer.per_dataset.<name>.mean_off_diagonal; the top
+    level's `mean_off_diagonal_per_train` is of accuracy), so both readings are available."""
     ps = paired_similarity(matrix)
     n = len(ps)
     if n < 2:
@@ -142,8 +143,11 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 500, seed: int = 0) -> tuple[float, float]:
     """Unbiased MMD^2 between samples x and y with a Gaussian kernel, and its permutation p-value.
 
-    MMD^2_u of Gretton et al., "A Kernel Two-Sample Test", JMLR 13 (2012), eq. 3; bandwidth by
-    the median heuristic (median pairwise distance of the pooled sample, ibid. section 8); the
+    MMD^2_u of Gretton et al., "A Kernel Two-Sample Test", JMLR 13 (2012), eq. 3; kernel
+    exp(-||x - y||^2 / m), m the median squared pairwise distance of the pooled sample: the median
+    heuristic of ibid. section 8 up to its factor 2 (there exp(-d^2 / (2 sigma^2)), sigma the
+    median distance; ours is a kernel sqrt(2) narrower; a bandwidth taken from the pooled sample
+    leaves the permutation test exact); the
     p-value is (1 + #{permuted MMD^2 >= observed}) / (1 + permutations), the permutations
     relabelling the pooled sample into two groups of the original sizes."""
     pooled = np.concatenate([x, y]).astype(np.float64)
