@@ -16,7 +16,7 @@ from ldl.data import build_splits
 from ldl.data.dataset import FERData
 from ldl.data.groups import counts_for, sample_group_mix
 from ldl.data.loading import DataError
-from ldl.data.noise import PAIR_MAP, inject
+from ldl.data.noise import PAIR_MAP, apply_noise, inject
 from ldl.data.synthetic import SyntheticSpec, generate_split
 from ldl.fairness import group_metrics, group_noise_detection
 from ldl.group_report import cross_gap_matrices, cross_markdown
@@ -248,6 +248,18 @@ def test_group_counts_keep_the_size_when_the_proportions_sum_a_hair_above_one():
     counts = counts_for([0.500001, 0.5], 1_000_000)
     assert counts.sum() == 1_000_000 and (counts >= 0).all()
     assert counts_for([0.9, 0.1], 500).tolist() == [450, 50]
+
+
+def test_group_names_given_as_numbers_match_the_groups_read_as_text():
+    # a manifest's group_age column of codes 0 / 1 loads as '0' / '1'; YAML and the command line
+    # make data.group_mix.groups=[0,1] and data.noise.groups=[1] numbers, which matched nothing
+    data = with_groups(np.arange(100) % 7, {"age": np.array(["0", "1"] * 50)}, num_classes=7)
+    mixed = sample_group_mix(data, "age", [0, 1], [0.5, 0.5], 20, seed=0)
+    assert mixed.info["group_mix"]["counts"] == {"0": 10, "1": 10}
+    cfg = load_config(None, ["data.noise.type=symmetric", "data.noise.rate=0.1", "data.noise.group_attribute=age",
+                             "data.noise.groups=[1]", "data.noise.group_rates=[0.4]"])
+    noisy = apply_noise(data, cfg.data.noise)
+    assert noisy.info["noise"]["by_group"]["groups"]["1"]["rate"] == 0.4
 
 
 # ------------------------------------------------------------------ summaries, eval, report

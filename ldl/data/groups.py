@@ -95,7 +95,8 @@ def sample_group_mix(data: FERData, attribute: str, groups: Sequence[str], propo
         known = ", ".join(sorted(data.groups)) or "none"
         raise ValueError(f"data.group_mix.attribute={attribute!r}: the training split has no such attribute "
                          f"(it has: {known})")
-    groups, proportions = list(groups), [float(p) for p in proportions]
+    # groups are names (loaders read them as text): `[0, 1]` on the command line means '0' and '1'
+    groups, proportions = [str(g) for g in groups], [float(p) for p in proportions]
     if len(groups) != len(proportions) or not groups or len(set(groups)) != len(groups):
         raise ValueError(f"data.group_mix: groups {groups} and proportions {proportions} must be non-empty "
                          "lists of the same length, each group once")

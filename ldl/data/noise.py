@@ -286,7 +286,7 @@ def read_noise_file(path: Path, data: FERData) -> FERData:
 
 
 def apply_noise(data: FERData, noise_cfg, dataset: str = "this dataset") -> FERData:
-    groups, rates = list(noise_cfg.groups), [float(r) for r in noise_cfg.group_rates]
+    groups, rates = [str(g) for g in noise_cfg.groups], [float(r) for r in noise_cfg.group_rates]   # names, as loaded
     if len(groups) != len(rates) or (groups and not noise_cfg.group_attribute):
         raise ValueError(f"data.noise.groups {groups} and data.noise.group_rates {rates} must pair up, one rate per "
                          "group, under a data.noise.group_attribute")
