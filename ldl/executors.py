@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ldl.rendezvous import from_submitit
-from ldl.runlock import RunLockedError, live_owner
+from ldl.runlock import ALIVE_STATES, RunLockedError, live_owner, slurm_states
 from ldl.sweep import RUNNING_ELSEWHERE, SweepError, SweepRun, expand, train_args
 
 CLUSTERS = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}  # ours -> submitit's
@@ -35,10 +34,6 @@ LOG_DIR = "logs"
 ERROR_FILE = "error.txt"
 STATUS_FILE = "sweep_status.json"
 ERROR_CHARS = 2000
-# sacct's states of a job that is still queued or running; every other state has ended
-ALIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT",
-                          "PREEMPTED"})  # on its way back to the queue, as submitit counts it
 
 
 def slurm_options(spec: dict, given: dict[str, Any]) -> dict[str, Any]:
@@ -119,15 +114,6 @@ class RunJob:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(RunJob(self.spec, self.run, self.run_dir))
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """sacct's state of each job ('CANCELLED by 42' -> CANCELLED); {} where sacct is missing."""
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=120).stdout
-    return {job: state.split()[0] for job, _, state in (line.partition("|") for line in out.splitlines()) if state}
 
 
 def _slurm_jobs(status: dict, runs: list[SweepRun]) -> dict[str, str]:

@@ -6,15 +6,19 @@ differs) is stale and is taken over with a warning.  So is the lock of an earlie
 same SLURM job (requeued after preemption or a node failure: a higher SLURM_RESTART_COUNT), even
 from another node: SLURM runs one incarnation of a job at a time.  Checking and taking happen
 under a short flock on the folder, so two processes can never both take over one stale lock, and
-a reader never sees a lock file before its owner is written.  Any other lock from another host
-cannot be checked and counts as live.
+a reader never sees a lock file before its owner is written.  A lock from another host whose
+SLURM job has ended, as sacct reports (killed for memory, cancelled, a lost node), is stale too:
+a rerun of the sweep resubmits that run and its new job takes the folder over.  Any other lock
+from another host cannot be checked and counts as live.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import shutil
 import socket
+import subprocess
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -59,12 +63,37 @@ def current_owner() -> Owner:
                  os.environ.get("SLURM_JOB_ID"), int(os.environ.get("SLURM_RESTART_COUNT", 0)))
 
 
+# sacct's states of a job that is still queued or running; every other state has ended
+ALIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT",
+                          "PREEMPTED"})  # on its way back to the queue, as submitit counts it
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """sacct's state of each job ('CANCELLED by 42' -> CANCELLED); {} where sacct is missing or
+    does not answer."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {job: state.split()[0] for job, _, state in (line.partition("|") for line in out.splitlines()) if state}
+
+
+def slurm_job_ended(job_id: str) -> bool:
+    """Whether sacct knows the job and reports a final state; False when it cannot tell."""
+    state = slurm_states([job_id]).get(job_id)
+    return state is not None and state not in ALIVE_STATES
+
+
 def is_alive(owner: Owner) -> bool:
     if owner.slurm_job is not None and owner.slurm_job == os.environ.get("SLURM_JOB_ID") \
             and owner.slurm_restart < int(os.environ.get("SLURM_RESTART_COUNT", 0)):
         return False  # an earlier incarnation of this (requeued) job
-    if owner.host != socket.gethostname():
-        return True  # another machine's process cannot be checked from here
+    if owner.host != socket.gethostname():  # another machine's process cannot be checked from here,
+        return owner.slurm_job is None or not slurm_job_ended(owner.slurm_job)   # but SLURM knows its job
     try:
         os.kill(owner.pid, 0)
     except ProcessLookupError:

@@ -15,7 +15,7 @@ import yaml
 
 from ldl.cli import main
 from ldl.rendezvous import first_host, from_slurm, from_submitit, port_for
-from ldl.runlock import RunLock, RunLockedError, read_owner
+from ldl.runlock import RunLock, RunLockedError, live_owner, read_owner
 from ldl.sweep import expand, load_sweep
 from test_reliability_run import epochs_recorded, living, small, wait_until, write_lock
 
@@ -288,3 +288,29 @@ def test_a_task_bound_to_its_own_gpu_uses_cuda_0(monkeypatch, visible, device):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("cuda") == torch.device("cuda", device)
+
+
+def test_lock_left_by_a_slurm_job_that_was_killed_does_not_block_the_rerun(tmp_path, capsys, monkeypatch,
+                                                                          fake_slurm):
+    """A job killed for memory on a compute node never released its run folder's lock.  From the
+    login node that host cannot be checked, but sacct says the job ended: --status says failed, a
+    rerun resubmits the run, and the new job (on a node of its own) takes the folder over."""
+    path, out = sweep_file(tmp_path / "sweep.yaml", [EPOCHS]), tmp_path / "out"
+    (run_id,) = run_ids(path)
+    (fake_slurm / "state").write_text("OUT_OF_MEMORY")
+    assert sweep(path, "--out", out, "--executor", "slurm") == 1   # job 100 (the fake sbatch runs nothing)
+    lock = {"pid": 4242, "host": "node-a", "started": None, "slurm_job": "100", "slurm_restart": 0}
+    (out / run_id / ".lock").write_text(json.dumps(lock))   # as job 100 left it on node-a
+    (fake_slurm / "state").write_text("RUNNING")
+    assert live_owner(out / run_id) is not None   # while its job runs, the lock is live
+    assert "1 running" in status(capsys, path, out)
+    (fake_slurm / "state").write_text("OUT_OF_MEMORY")
+    assert live_owner(out / run_id) is None
+    report = status(capsys, path, out)
+    assert "1 failed" in report and "SLURM job 100 OUT_OF_MEMORY" in report, report
+    assert sweep(path, "--out", out, "--executor", "slurm") == 1
+    assert (fake_slurm / "next_id").read_text().strip() == "102"   # resubmitted as job 101
+    monkeypatch.setenv("SLURM_JOB_ID", "101")   # job 101 starts on another node
+    with pytest.warns(UserWarning, match="stale lock"):
+        RunLock(out / run_id).acquire()
+    assert read_owner(out / run_id).slurm_job == "101"
