@@ -207,7 +207,8 @@ def _teacher(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
         counts = label_dataset(Path(args.dir), Path(args.out), cfg)
         console.print(f"AffectNet+-layout soft labels written to {args.out}: {counts}")
-        console.print(f"train a student: ldl train data.name=affectnet_plus data.root={args.out} method.name=distill")
+        noise = f" data.noise.type=file data.noise.file={counts['noise_file']}" if "noise_file" in counts else ""
+        console.print(f"train a student: ldl train data.name=affectnet_plus data.root={args.out} method.name=distill{noise}")
     return 0
 
 

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from ldl.config import flatten, read_yaml  # noqa: E402
 from ldl.data.labels import CLASSES  # noqa: E402
+from ldl.data.noise import made_by_label  # noqa: E402
 
 METRICS = [("accuracy", "acc"), ("mean_class_accuracy", "mean-class acc"), ("macro_f1", "macro-F1"),
            ("ece", "ECE"), ("kl", "KL")]
@@ -103,11 +104,14 @@ def _protocol(summary: dict) -> str:
 def _noise(summary: dict) -> tuple[str, float]:
     """(type, realised rate) of a run's training labels, ("none", 0.0) when none differs from its
     clean label.  Summaries without a realised rate (older runs) give the configured one.
+    A noise file names the noise that made it where it says so, e.g. `file (annotator T=2)`.
     Group-dependent noise names its asked rate per group in the type, e.g. `symmetric (skin_tone
     dark 40% / light 10%)`, so that it never shares a row with uniform noise of the same rate."""
     noise = summary.get("noise") or {}
     rate = float(noise.get("realised_rate", noise.get("rate", 0.0)))
     kind = noise.get("type", "none")
+    if noise.get("made_by"):
+        kind += f" ({made_by_label(noise['made_by'])})"
     if noise.get("by_group"):
         by_group = noise["by_group"]
         kind += f" ({by_group['attribute']} " + " / ".join(f"{g} {e['rate']:.0%}" for g, e in by_group["groups"].items()) + ")"

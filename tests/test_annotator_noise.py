@@ -54,6 +54,9 @@ def test_report_puts_a_label_file_run_at_its_realised_rate(tmp_path):
     noisy = tmp_path / "noisy.csv"
     # A label file with 96 of 300 labels (32 %) moved to another class, as a real label file would be.
     assert main(["noise", "--type", "symmetric", "--rate", "0.32", "--seed", "3", "--out", str(noisy), *base]) == 0
+    # ldl noise says beside the file how it was made; a label file from elsewhere has no such note
+    assert json.loads((tmp_path / "noisy.csv.json").read_text())["type"] == "symmetric"
+    (tmp_path / "noisy.csv.json").unlink()
     sweep = tmp_path / "sweep"
     for name, extra in (("clean", []), ("file", ["data.noise.type=file", f"data.noise.file={noisy}"])):
         assert main(["train", *base, f"run.dir={sweep / name}", *extra]) == 0

@@ -74,13 +74,23 @@ def test_teacher_train_label_and_student(tmp_path):
     base = tiny(tmp_path / "unused", "optim.epochs=1", "model.width=8", "teacher.au_epochs=50",
                 "data.synthetic.num_train=600")
     base = [o for o in base if not o.startswith("run.dir")]
-    assert main(["teacher", "train", str(tmp_path / "teacher"), *base]) == 0
+    noisy = ["data.noise.type=symmetric", "data.noise.rate=0.3"]   # the teacher learns from noisy labels
+    assert main(["teacher", "train", str(tmp_path / "teacher"), *base, *noisy]) == 0
     assert main(["teacher", "label", str(tmp_path / "teacher"), "--out", str(tmp_path / "anp")]) == 0
     test_ann = sorted((tmp_path / "anp" / "human_annotated" / "validation_set" / "annotations").glob("*.json"))
     assert len(test_ann) == 240
     student = load_config(None, [*base, "data.name=affectnet_plus", f"data.root={tmp_path / 'anp'}",
-                                 "method.name=distill", f"run.dir={tmp_path / 'student'}"])
+                                 "method.name=distill", f"run.dir={tmp_path / 'student'}",
+                                 "data.noise.type=file", f"data.noise.file={tmp_path / 'anp' / 'noise.csv'}"])
     splits = build_splits(student, ("train", "test"))
+    # the records hold the clean labels, the noise file the very labels the teacher learnt from
+    teacher_train = build_splits(load_config(None, [*base, *noisy]), ("train",))["train"]
+    rows = {n: (lab, cl) for n, lab, cl in zip(splits["train"].names, splits["train"].labels, splits["train"].clean_labels)}
+    taught = [rows.get(f"train_{i:06d}") for i in range(len(teacher_train))]
+    kept = [i for i, r in enumerate(taught) if r is not None]    # the copy holds some out for validation again
+    assert [taught[i] for i in kept] == [(teacher_train.labels[i], teacher_train.clean_labels[i]) for i in kept]
+    assert splits["train"].info["noise"]["made_by"] == {"type": "symmetric", "rate": 0.3, "seed": 0,
+                                                        "realised_rate": pytest.approx(0.3)}
     assert splits["train"].soft.shape[1] == 8 and set(np.unique(splits["test"].subset)) <= {0, 1, 2}
     original = build_splits(load_config(None, base), ("test",))["test"]
     assert np.array_equal(splits["test"].labels, original.labels)    # human labels round-trip
@@ -88,6 +98,9 @@ def test_teacher_train_label_and_student(tmp_path):
     from ldl.train import run_training
     summary = run_training(student)
     assert any(k.startswith("accuracy_") for k in summary["final"]["test"])   # per-subset evaluation
+    from ldl.report import _noise
+    kind, rate = _noise(summary)
+    assert kind == "file (symmetric 30%)" and 0.2 < rate < 0.3   # the held-out val rows are clean
 
 
 def test_distill_curriculum_and_subset_weights():

@@ -30,6 +30,7 @@ The clean labels stay beside the noisy ones; the realised rate and the transitio
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
@@ -40,6 +41,7 @@ from ldl.data.dataset import FERData
 
 # Canonical indices: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt.
 PAIR_MAP = {0: 2, 1: 0, 2: 0, 3: 6, 4: 3, 5: 6, 6: 5, 7: 5}
+MADE_BY_KEYS = ("type", "rate", "seed", "temperature", "realised_rate")
 NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance", "annotator")
 GROUP_NOISE_TYPES = ("symmetric", "asymmetric", "instance")
 TIE_TOLERANCE = 1e-6   # distributions are float32: classes this close to the maximum tie
@@ -250,13 +252,24 @@ def _with_noisy_labels(data: FERData, clean: np.ndarray, noisy: np.ndarray, spec
 
 
 def write_noise_file(path: Path, data: FERData) -> None:
-    """CSV `name,label,clean_label` (canonical indices) that `data.noise.file` reads back."""
+    """CSV `name,label,clean_label` (canonical indices) that `data.noise.file` reads back, and
+    beside it (`<file>.json`) how the noise was made, so that runs on the file are reported under
+    the kind of noise that made it (`file (symmetric 16%)`), not as one anonymous `file` row."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "label", "clean_label"])
         for name, label, clean in zip(data.names, data.labels, data.clean_labels):
             writer.writerow([name, int(label), int(clean)])
+    made_by = {k: v for k, v in data.info.get("noise", {}).items() if k in MADE_BY_KEYS}
+    path.with_name(path.name + ".json").write_text(json.dumps(made_by, indent=1))
+
+
+def made_by_label(made_by: dict) -> str:
+    """`symmetric 16%`, `annotator T=2`: the kind and asked strength of the noise a file holds."""
+    if made_by.get("type") == "annotator":
+        return f"annotator T={made_by.get('temperature', 1.0):g}"
+    return f"{made_by.get('type', 'unknown')} {made_by.get('rate', 0):.0%}"
 
 
 def read_noise_file(path: Path, data: FERData) -> FERData:
@@ -282,7 +295,11 @@ def read_noise_file(path: Path, data: FERData) -> FERData:
         raise ValueError(f"{path}: no label for {len(missing)} training samples, e.g. {missing[:3]}")
     clean = data.labels if data.clean_labels is None else data.clean_labels
     noisy = np.array([by_name[str(n)] for n in data.names], dtype=np.int64)
-    return _with_noisy_labels(data, clean, noisy, {"type": "file", "file": str(path)})
+    spec = {"type": "file", "file": str(path)}
+    made_by = Path(str(path) + ".json")
+    if made_by.is_file():
+        spec["made_by"] = json.loads(made_by.read_text())
+    return _with_noisy_labels(data, clean, noisy, spec)
 
 
 def apply_noise(data: FERData, noise_cfg, dataset: str = "this dataset") -> FERData:

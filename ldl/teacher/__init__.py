@@ -9,6 +9,7 @@ metadata for every split, written in the AffectNet+ per-image JSON layout that
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,13 @@ from ldl import checkpoint
 from ldl.config import config_from_dict
 from ldl.data import FERData, build_splits
 from ldl.data.affectnet_plus import SPLIT_FOLDERS, write_record
+from ldl.data.noise import write_noise_file
 from ldl.engine import predict_logits
 from ldl.teacher.au_proxy import AUProxyHead, geometry_features, train_au_head
 from ldl.teacher.fusion import apply_platt, assign_subsets, fit_platt, fit_temperature, fuse, softmax
 from ldl.train import job_from_checkpoint, run_training
+
+NOISE_FILE = "noise.csv"
 
 
 def _member_logits(checkpoint_path: Path, data: FERData, split: str) -> np.ndarray:
@@ -89,12 +93,17 @@ def soft_labels(teacher: dict, data: FERData, split: str) -> tuple[np.ndarray, n
 
 
 def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = None) -> dict:
-    """Write train+val into train_set/ and test into validation_set/, AffectNet+ layout."""
+    """Write train+val into train_set/ and test into validation_set/, AffectNet+ layout.
+
+    The records carry the clean labels.  When the teacher learnt from injected noise, the labels
+    it learnt from go to `<out_root>/noise.csv` (read back with data.noise.type=file), so that a
+    student of the copy trains on the very labels the teacher saw and its report knows which of
+    them are wrong."""
     teacher = checkpoint.load_file(teacher_dir / "teacher.pt", "teacher",
                                    keys=("members", "au_head", "au_temperature", "config"))
     cfg = cfg or config_from_dict(teacher["config"])
     splits = build_splits(cfg, ("train", "val", "test"))
-    counts = {}
+    counts, written = {}, []
     for split, data in splits.items():
         folder = out_root / "human_annotated" / SPLIT_FOLDERS["test" if split == "test" else "train"]
         (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -104,6 +113,7 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
         soft8[:, : soft.shape[1]] = soft
         dist8 = None if data.dist is None else np.pad(data.dist, ((0, 0), (0, 8 - data.dist.shape[1])))
         size = data.images.shape[1]
+        clean = data.labels if data.clean_labels is None else data.clean_labels
         for i in tqdm(range(len(data)), desc=f"write {split}", unit="img", disable=not cfg.log.progress):
             stem = f"{split}_{i:06d}"
             Image.fromarray(np.asarray(data.images[i])).save(folder / "images" / f"{stem}.jpg", quality=95)
@@ -115,6 +125,15 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
                 meta["landmark-68"] = (data.landmarks[i] * 224 / size).reshape(-1).round(2).tolist()
             if dist8 is not None:   # the truth travels with the labels (affectnet_plus reads it as dist)
                 meta["label-distribution"] = [round(float(p), 6) for p in dist8[i]]
-            write_record(folder / "annotations" / f"{stem}.json", int(data.labels[i]), soft8[i], int(subset[i]), meta)
+            write_record(folder / "annotations" / f"{stem}.json", int(clean[i]), soft8[i], int(subset[i]), meta)
         counts[split] = {"n": len(data), "subsets": np.bincount(subset, minlength=3).tolist()}
+        if split != "test":   # the copy's training pool
+            written.append(replace(data, images=data.images[:0], names=np.array([f"{split}_{i:06d}" for i in range(len(data))]),
+                                   clean_labels=clean))
+    if splits["train"].clean_labels is not None:
+        pooled = replace(written[0], names=np.concatenate([d.names for d in written]),
+                         labels=np.concatenate([d.labels for d in written]),
+                         clean_labels=np.concatenate([d.clean_labels for d in written]))
+        write_noise_file(out_root / NOISE_FILE, pooled)
+        counts["noise_file"] = str(out_root / NOISE_FILE)
     return counts
