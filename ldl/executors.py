@@ -47,6 +47,8 @@ def slurm_options(spec: dict, given: dict[str, Any]) -> dict[str, Any]:
         raise SweepError(f"slurm: unknown option(s) {', '.join(unknown)} (known: {', '.join(SLURM_KEYS)})")
     if "time" in options:
         options["time"] = _minutes(options["time"])  # checked before anything is submitted
+    if "mem" in options and str(options["mem"]).replace(".", "", 1).isdigit():
+        options["mem"] = f"{options['mem']}G"   # a bare number means GB, from the file or the command line alike
     return options
 
 
@@ -76,9 +78,8 @@ def _executor(cluster: str, folder: Path, options: dict[str, Any], name: str) ->
                               "gpus_per_node": gpus, "stderr_to_stdout": True}
     if "cpus" in options:
         params["cpus_per_task"] = int(options["cpus"])
-    mem = options.get("mem")
     slurm_only = {"partition": options.get("partition"), "account": options.get("account"),
-                  "mem": f"{mem}G" if isinstance(mem, (int, float)) else mem,  # a number: GB
+                  "mem": options.get("mem"),
                   "setup": list(options["setup"]) if options.get("setup") else None}
     executor.update_parameters(**params, **{f"slurm_{k}": v for k, v in slurm_only.items() if v is not None})
     return executor

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ldl.cli import main
+from ldl.executors import slurm_options
 from ldl.rendezvous import first_host, from_slurm, from_submitit, port_for
 from ldl.runlock import RunLock, RunLockedError, live_owner, read_owner
 from ldl.sweep import expand, load_sweep
@@ -314,3 +315,9 @@ def test_lock_left_by_a_slurm_job_that_was_killed_does_not_block_the_rerun(tmp_p
     with pytest.warns(UserWarning, match="stale lock"):
         RunLock(out / run_id).acquire()
     assert read_owner(out / run_id).slurm_job == "101"
+
+
+def test_a_bare_memory_number_means_gigabytes_from_the_file_and_the_command_line_alike():
+    assert slurm_options({"slurm": {"mem": 32}}, {"mem": None})["mem"] == "32G"
+    assert slurm_options({}, {"mem": "32"})["mem"] == "32G"
+    assert slurm_options({"slurm": {"mem": "500M"}}, {"mem": "64G"})["mem"] == "64G"
