@@ -393,10 +393,6 @@ class DlibFaceResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.descriptor(self.body(self.prepare(x)))
 
-    def embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """dlib's 128-d face descriptor of ImageNet-normalised images."""
-        return self.forward(x).mean((2, 3))
-
 
 # ----------------------------------------------------------------------------- the package's files
 def package_file(name: str) -> Path:
