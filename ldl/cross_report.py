@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from ldl.models import SELF_LOADING  # noqa: E402
 from ldl.report import _figure_to_base64  # noqa: E402
 from ldl.transfer import DISTANCES  # noqa: E402
-from ldl.group_report import cross_gap_tables  # noqa: E402
+from ldl.group_report import cross_gap_tables, html_table, markdown_table  # noqa: E402
 
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean-class accuracy", "macro_f1": "macro-F1"}
 DISTANCE_NAMES = {"prior_js": "class-prior JS divergence", "label_js": "label-distribution JS divergence",
@@ -161,15 +161,12 @@ def write(result: dict, out_dir: Path, title: str) -> None:
     fig_dir.mkdir(parents=True, exist_ok=True)
     md = [f"# Cross-dataset transfer: {title}", "", note, ""]
     for caption, header, rows in tabs:
-        md += [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        md += [f"**{caption}**", "", markdown_table(header, rows), ""]
     for i, (name, sentence, b64) in enumerate(figs):
         (fig_dir / f"cross{i:02d}.png").write_bytes(base64.b64decode(b64))
         md += [f"### {name}", "", sentence, "", f"![{name}](figures/cross{i:02d}.png)", ""]
     (out_dir / "cross.md").write_text("\n".join(md))
-    body = "".join(f"<table><caption>{html.escape(c)}</caption><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in hd)
-                   + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows)
-                   + "</table>" for c, hd, rows in tabs)
+    body = "".join(html_table(caption, header, rows) for caption, header, rows in tabs)
     body += "".join(f"<h3>{html.escape(name)}</h3><p>{html.escape(s)}</p><img src='data:image/png;base64,{b64}'/>"
                     for name, s, b64 in figs)
     (out_dir / "cross.html").write_text(
