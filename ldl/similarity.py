@@ -114,7 +114,7 @@ def mean_normalised_entropy(dist: np.ndarray) -> float:
 def estimated_noise_rate(score: np.ndarray) -> float:
     """Share of training samples whose exported noise score exceeds 1/2: those the method holds
     more likely mislabelled than not (LDLVA 1 - l_i, SLM-AEA 1 - q_i(y_i), SCN 1 - alpha_i).
-    Only for probability-like scores; NaN for scores outside [0, 1] (RUL's -log confidence).
+    Only for probability-like scores; NaN for scores outside [0, 1] (RUL's log uncertainty).
     It is the method's belief, not a calibrated estimate: on issue 15's runs (seed 0, 0 / 20 /
     40 % symmetric noise) SLM-AEA's share was 13 / 20 / 29 % and LDLVA's 5 / 12 / 6 %, though
     LDLVA's score ranks the noisy samples better (a two-component mixture on the scores, as

@@ -107,6 +107,34 @@ def test_rul_mixing_weights_by_hand():
     assert mixed.tolist() == [pytest.approx([0.75, 0.25]), pytest.approx([0.75, 0.25])]
 
 
+def test_rul_noise_score_is_the_log_of_the_learned_uncertainty_by_hand():
+    # The authors' branch outputs log_var; u_i = mean(exp(log_var_i)) is the *uncertainty*
+    # (mixup_data weights by it, so a hard / mislabelled sample learns a large u_i): the noise
+    # score is +log u_i.  Three 1x1x1 feature maps x; the log-variance head (eval mode, BN
+    # statistics set to the identity) gives log_var_i = (x_i, 0), so u_i = (e^x_i + 1) / 2.
+    from omegaconf import OmegaConf
+    from ldl.methods.base import MethodContext
+    from ldl.methods.rul import RUL
+    ctx = MethodContext(num_classes=2, num_train=3, feature_dim=1, epochs=1, steps_per_epoch=1, batch_size=3,
+                        device=torch.device("cpu"))
+    method = RUL(OmegaConf.create({"embed_dim": 2, "dropout": 0.4}), ctx).eval()
+    bn2d, linear, bn1d = method.log_var[0], method.log_var[3], method.log_var[4]
+    bn2d.running_var.fill_(1 - bn2d.eps)
+    bn1d.running_var.fill_(1 - bn1d.eps)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0], [0.0]]))
+        linear.bias.zero_()
+    x = torch.tensor([0.0, math.log(3.0), math.log(0.5)])    # u = 1, 2, 0.75
+    _, scores = method.score(lambda images, return_map: {"feature_map": images}, x.view(3, 1, 1, 1))
+    assert scores["noise_score"].tolist() == pytest.approx([0.0, math.log(2.0), math.log(0.75)], abs=1e-6)
+    method.uncertainty.copy_(torch.tensor([1.0, 2.0, 0.75]))
+    exports = method.sample_exports()
+    assert exports["train_pass_noise_score"].tolist() == pytest.approx([0.0, math.log(2.0), math.log(0.75)])
+    # the most uncertain sample (u = 2) takes the larger share of every pair it is mixed into
+    _, w = relative_mix(torch.eye(3), method.uncertainty, torch.tensor([1, 2, 0]))
+    assert w.tolist() == pytest.approx([1 / 3, 2 / 2.75, 0.75 / 1.75])
+
+
 def test_eac_cam_and_flip_match_the_public_codes_grid_sample():
     fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
     weight = torch.tensor([[1.0, 0.0], [0.5, -1.0]])

@@ -90,7 +90,7 @@ class Method(nn.Module):
     def score(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eval-mode logits and per-sample scores for un-augmented training images (the scoring
         pass after each epoch and at the end).  A method whose noise score comes from the network
-        (SCN's attention, RUL's confidence) returns it as 'noise_score' (higher = more likely
+        (SCN's attention, RUL's uncertainty) returns it as 'noise_score' (higher = more likely
         mislabelled); learned per-sample state (LDLVA's l_i, SLM's mined labels) needs no pass
         and is exported by `sample_exports`."""
         return self.predict(model, images), {}

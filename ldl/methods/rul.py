@@ -2,13 +2,18 @@
 zyh-uaiaaaa/Relative-Uncertainty-Learning).
 
 On the backbone's feature map two heads (BN2d without affine -> dropout 0.4 -> flatten ->
-Linear -> BN1d, 64-d) give an embedding mu_i and a log-scale s_i; a_i = mean(exp(s_i)) is the
-sample's confidence.  Pairs (i, j = a random permutation of the batch) are mixed:
-  w_i = a_i / (a_i + a_j),  z = w_i mu_i + w_j mu_j,  loss = 0.5 CE(fc(z), y_i) + 0.5 CE(fc(z), y_j)
-so a sample whose label the network finds hard to fit learns a small a_i.  At evaluation the
-prediction is fc(mu_i).  The public code trains backbone and heads at lr 2e-4 and the classifier at
-2e-3 (PAPER_RECIPE: optim.lr_mult.classifier = 10).  The noise score -log a_i comes from the
-scoring pass (eval mode: no dropout, un-augmented images); the last training pass's a_i is
+Linear -> BN1d, 64-d) give an embedding mu_i and a log-variance s_i (the code's `log_var`);
+u_i = mean(exp(s_i)) is the sample's learned uncertainty.  Pairs (i, j = a random permutation of
+the batch) are mixed with the uncertainties as weights (src/utils.py, mixup_data):
+  w_i = u_i / (u_i + u_j),  z = w_i mu_i + w_j mu_j,  loss = 0.5 CE(fc(z), y_i) + 0.5 CE(fc(z), y_j)
+(the add-up loss: 0.5 / 0.5, not the weights; no other term).  For z to stay classifiable as
+both labels, the sample whose embedding carries its label weakly must take the larger share,
+so a hard or mislabelled sample learns a LARGE u_i: u_i is an uncertainty, not a confidence
+(the authors, issue #5 of their repository: the mean of exp(log_var) "represents the learned
+uncertainty value").  At evaluation the prediction is fc(mu_i).  The public code trains
+backbone and heads at lr 2e-4 and the classifier at 2e-3 (PAPER_RECIPE: optim.lr_mult.classifier
+= 10).  The noise score is log u_i (higher = more likely mislabelled), from the scoring pass
+(eval mode: no dropout, un-augmented images); the last training pass's u_i and log u_i are
 exported beside it.
 """
 from __future__ import annotations
@@ -25,9 +30,9 @@ def _head(channels: int, side: int, dim: int, drop: float) -> nn.Sequential:
                          nn.Linear(channels * side * side, dim), nn.BatchNorm1d(dim, eps=2e-5))
 
 
-def relative_mix(mu: torch.Tensor, confidence: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixed embeddings and the weight w_i of sample i in each pair."""
-    w = confidence / (confidence + confidence[perm])
+def relative_mix(mu: torch.Tensor, uncertainty: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed embeddings and the weight w_i = u_i / (u_i + u_perm(i)) of sample i in each pair."""
+    w = uncertainty / (uncertainty + uncertainty[perm])
     return w[:, None] * mu + (1 - w[:, None]) * mu[perm], w
 
 
@@ -43,30 +48,39 @@ class RUL(Method):
         "data": {"augment": {"flip": True, "pad_crop": 0, "erase_p": 0.5}},
         "method": {"rul": {"embed_dim": 64, "dropout": 0.4}},
     }
-    per_sample_buffers = ("confidence",)
+    per_sample_buffers = ("uncertainty",)
 
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__(cfg, ctx)
         side = ctx.feature_map_size
         self.mu = _head(ctx.feature_dim, side, cfg.embed_dim, cfg.dropout)
-        self.log_scale = _head(ctx.feature_dim, side, cfg.embed_dim, cfg.dropout)
+        self.log_var = _head(ctx.feature_dim, side, cfg.embed_dim, cfg.dropout)
         self.classifier = nn.Linear(cfg.embed_dim, ctx.num_classes)
-        self.register_buffer("confidence", torch.ones(ctx.num_train))
+        self.register_buffer("uncertainty", torch.ones(ctx.num_train))
         self.uses_model_head = False
 
     def training_step(self, model, batch, epoch):
         fmap = model(batch["image"], return_map=True)["feature_map"].float()
-        mu, confidence = self.mu(fmap).float(), self.log_scale(fmap).float().exp().mean(1)  # float32 under autocast
+        mu, uncertainty = self.mu(fmap).float(), self.log_var(fmap).float().exp().mean(1)  # float32 under autocast
         perm = torch.randperm(len(mu), device=mu.device)
-        mixed, _ = relative_mix(mu, confidence, perm)
+        mixed, _ = relative_mix(mu, uncertainty, perm)
         logits = self.classifier(mixed).float()
         labels = batch["label"]
         loss = 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[perm])
-        return StepOutput(loss, logits, {"mean_confidence": confidence.mean().detach()}, {"confidence": confidence.detach()})
+        return StepOutput(loss, logits, {"mean_uncertainty": uncertainty.mean().detach()},
+                          {"uncertainty": uncertainty.detach()})
 
     @torch.no_grad()
     def after_step(self, model, batch, out, epoch):
-        self.confidence[batch["index"]] = out.extras["confidence"]
+        self.uncertainty[batch["index"]] = out.extras["uncertainty"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # Checkpoints written before the rename hold the same u_i as 'confidence' and the head
+        # as 'log_scale'.
+        for old, new in (("confidence", "uncertainty"), ("log_scale.", "log_var.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def classifier_parameters(self, model):
         return list(self.classifier.parameters())
@@ -78,10 +92,10 @@ class RUL(Method):
     @torch.no_grad()
     def score(self, model, images):
         fmap = model(images, return_map=True)["feature_map"].float()
-        confidence = self.log_scale(fmap).float().exp().mean(1)
-        return self.classifier(self.mu(fmap)).float(), {"noise_score": -torch.log(confidence.clamp(min=1e-12))}
+        uncertainty = self.log_var(fmap).float().exp().mean(1)
+        return self.classifier(self.mu(fmap)).float(), {"noise_score": torch.log(uncertainty.clamp(min=1e-12))}
 
     def sample_exports(self):
-        confidence = self.confidence.clamp(min=1e-12)
-        return {"train_pass_confidence": confidence.cpu().numpy(),
-                "train_pass_noise_score": -torch.log(confidence).cpu().numpy()}
+        uncertainty = self.uncertainty.clamp(min=1e-12)
+        return {"train_pass_uncertainty": uncertainty.cpu().numpy(),
+                "train_pass_noise_score": torch.log(uncertainty).cpu().numpy()}
