@@ -48,7 +48,7 @@ def test_groups_by_realised_rate_and_seeds_of_a_setting_stay_together(tmp_path):
     assert {k.method for k in groups} == {"ce"}   # noise settings never leak into the method label
 
 
-def test_report_puts_a_label_file_run_at_its_realised_rate(tmp_path):
+def test_report_puts_a_label_file_run_at_its_realised_rate(tmp_path, capsys):
     base = [o for o in tiny(tmp_path / "unused", "optim.epochs=1", "data.synthetic.num_train=300", "model.width=8")
             if not o.startswith("run.dir")]
     noisy = tmp_path / "noisy.csv"
@@ -56,6 +56,11 @@ def test_report_puts_a_label_file_run_at_its_realised_rate(tmp_path):
     assert main(["noise", "--type", "symmetric", "--rate", "0.32", "--seed", "3", "--out", str(noisy), *base]) == 0
     # ldl noise says beside the file how it was made; a label file from elsewhere has no such note
     assert json.loads((tmp_path / "noisy.csv.json").read_text())["type"] == "symmetric"
+    (tmp_path / "noisy.csv.json").write_text("{type: symmetric")
+    capsys.readouterr()
+    assert main(["train", *base, f"run.dir={tmp_path / 'bad-note'}", "data.noise.type=file",
+                 f"data.noise.file={noisy}"]) != 0
+    assert "noisy.csv.json:1: not the JSON note" in capsys.readouterr().out
     (tmp_path / "noisy.csv.json").unlink()
     sweep = tmp_path / "sweep"
     for name, extra in (("clean", []), ("file", ["data.noise.type=file", f"data.noise.file={noisy}"])):

@@ -133,6 +133,9 @@ def test_rafdb_manual_attribute_files(tmp_path):
     (folder / "test_0003_manu_attri.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"test_0003_manu_attri.txt:2: malformed attribute file: landmark line"):
         build_splits(cfg_for("rafdb", root), ("test",))
+    (folder / "test_0003_manu_attri.txt").write_bytes(b"\xff\xfe104.5 70.2\n")   # not text at all
+    with pytest.raises(DataError, match=r"test_0003_manu_attri.txt:1: malformed attribute file: not text"):
+        build_splits(cfg_for("rafdb", root), ("test",))
 
 
 def test_manifest_group_columns(tmp_path):
@@ -240,6 +243,10 @@ def test_group_mix_keeps_the_size_and_draws_the_mix_seeded():
         sample_group_mix(data, "skin_tone", ["light", "dark"], [0.1, 0.9], 500, seed=0)
     with pytest.raises(ValueError, match="sum to 1"):
         sample_group_mix(data, "skin_tone", ["light", "dark"], [0.9, 0.2], 500, seed=0)
+    # a size written 5e2 arrives as a float: the same mix; a fractional one is an error
+    assert np.array_equal(sample_group_mix(data, "skin_tone", ["light", "dark"], [0.9, 0.1], 5e2, 1).names, mixed.names)
+    with pytest.raises(ValueError, match="data.group_mix.size must be a positive whole number"):
+        sample_group_mix(data, "skin_tone", ["light", "dark"], [0.9, 0.1], 500.5, seed=0)
 
 
 def test_group_counts_keep_the_size_when_the_proportions_sum_a_hair_above_one():

@@ -102,9 +102,10 @@ def sample_group_mix(data: FERData, attribute: str, groups: Sequence[str], propo
                          "lists of the same length, each group once")
     if min(proportions) < 0 or not math.isclose(sum(proportions), 1, abs_tol=1e-6):
         raise ValueError(f"data.group_mix.proportions {proportions} must be >= 0 and sum to 1")
-    if size is None or size < 1:
-        raise ValueError(f"data.group_mix.size must be a positive number of training samples, got {size} "
+    if size is None or size < 1 or float(size) != int(size):
+        raise ValueError(f"data.group_mix.size must be a positive whole number of training samples, got {size} "
                          "(fixed across the mixes a study compares)")
+    size = int(size)   # 1e3 from YAML or the command line is a float
     values = data.groups[attribute]
     rng = np.random.default_rng(seed)
     chosen = []

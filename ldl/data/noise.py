@@ -298,7 +298,11 @@ def read_noise_file(path: Path, data: FERData) -> FERData:
     spec = {"type": "file", "file": str(path)}
     made_by = Path(str(path) + ".json")
     if made_by.is_file():
-        spec["made_by"] = json.loads(made_by.read_text())
+        try:
+            spec["made_by"] = json.loads(made_by.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{made_by}:{error.lineno}: not the JSON note `ldl noise` writes beside a label file "
+                             f"({error.msg}); fix or delete it") from None
     return _with_noisy_labels(data, clean, noisy, spec)
 
 

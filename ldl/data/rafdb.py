@@ -96,7 +96,12 @@ def read_distribution_file(path: Path, policy: ErrorPolicy, part: str) -> dict[s
 
 def read_attribute_file(path: Path, policy: ErrorPolicy) -> dict[str, str] | None:
     """{gender, race, age} groups of one `<stem>_manu_attri.txt` (None if it is malformed)."""
-    lines = [(no, line.split()) for no, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        policy.bad(f"{path}:1", "malformed attribute file", f"not text ({error.reason} at byte {error.start})")
+        return None
+    lines = [(no, line.split()) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if len(lines) != 5 + len(MANUAL_ATTRIBUTES):
         policy.bad(f"{path}:1", "malformed attribute file",
                    f"{len(lines)} lines, expected 5 landmark lines then gender, race and age")
