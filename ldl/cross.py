@@ -24,8 +24,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from ldl import cross_report, transfer
-from ldl.config import load_config
+from ldl.config import flatten, load_config
 from ldl.group_report import cross_gap_matrices, cross_markdown
+from ldl.report import start_label
 from ldl.train import evaluate_checkpoint, run_training
 
 
@@ -77,6 +78,9 @@ def run_cross(plan_path: Path, out_dir: Path, base_dir: Path = Path(".")) -> dic
               "mean_off_diagonal": float(acc[off].mean()),
               "mean_off_diagonal_per_train": dict(zip(names, [float(acc[i][off[i]].mean()) for i in range(len(names))])),
               "groups": cross_gap_matrices(names, groups)}
+    result["training"] = "; ".join(sorted({
+        f"{cfg.method.name}, {cfg.protocol} protocol, from {start_label(flatten(OmegaConf.to_container(cfg)))}"
+        for cfg in configs.values()}))
     run_dirs = {name: out_dir / f"train-{name}" for name in names}
     result["transfer"] = transfer.explain(result, configs, run_dirs, plan.get("similarity"))
     (out_dir / "cross.json").write_text(json.dumps(result, indent=1))
@@ -92,5 +96,5 @@ def markdown(result: dict) -> str:
         cells = [f"**{v:.2%}**" if i == j else f"{v:.2%}" for j, v in enumerate(result["accuracy"][i])]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['mean_off_diagonal_per_train'][name]:.2%} |")
     lines.append(f"\nMean off-diagonal accuracy: {result['mean_off_diagonal']:.2%} ({result['space']}, "
-                 f"{result['epoch']} epoch).")
+                 f"{result['epoch']} epoch" + (f"; trained by {result['training']}" if "training" in result else "") + ").")
     return "\n".join(lines) + cross_markdown(result)

@@ -156,7 +156,8 @@ def write(result: dict, out_dir: Path, title: str) -> None:
     """cross.md (figures as PNG files under figures/) and a self-contained cross.html."""
     figs, tabs = figures(result), tables(result) + cross_gap_tables(result)
     note = (f"Direction: {result['transfer']['direction']}. {result['space']}, {result['epoch']} epoch; one run per "
-            f"dataset. The paper's measures and the drops use {METRIC_NAMES[result['transfer']['metric']]}.")
+            f"dataset, trained by {result['training']}. The paper's measures and the drops use "
+            f"{METRIC_NAMES[result['transfer']['metric']]}.")
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     md = [f"# Cross-dataset transfer: {title}", "", note, ""]

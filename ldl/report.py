@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from ldl.config import flatten, read_yaml  # noqa: E402
 from ldl.data.labels import CLASSES  # noqa: E402
 from ldl.data.noise import made_by_label  # noqa: E402
+from ldl.models import SELF_LOADING  # noqa: E402
 
 METRICS = [("accuracy", "acc"), ("mean_class_accuracy", "mean-class acc"), ("macro_f1", "macro-F1"),
            ("ece", "ECE"), ("kl", "KL")]
@@ -95,6 +96,15 @@ def _setting(run: Path, method: str) -> dict[str, object]:
         if key not in REPLICATE_KEYS and parts[0] not in BOOKKEEPING_SECTIONS and not other_method:
             setting[key] = json.dumps(value) if isinstance(value, list) else value
     return setting
+
+
+def start_label(config: dict) -> str:
+    """Where a run's weights started, from its flattened config: random weights, a pretrained file,
+    or the weights a self-loading backbone ships (dlib_face with no model.pretrained)."""
+    pretrained, arch = config.get("model.pretrained"), config.get("model.arch")
+    if pretrained:
+        return f"pretrained weights ({pretrained})"
+    return f"{arch}'s own pretrained weights" if arch in SELF_LOADING else "random weights"
 
 
 def _protocol(summary: dict) -> str:
@@ -394,8 +404,8 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
             "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass. "
             "Noise is the type and the realised rate: the share of training labels that differ from the "
             "clean ones, mean over the seeds of a setting, rounded to whole percent.")
-    starts = sorted({str(flatten(read_yaml(run / "config.yaml")).get("model.pretrained")) for run in runs})
-    note += " Start: " + "; ".join("random weights" if s == "None" else f"pretrained weights ({s})" for s in starts) + "."
+    starts = sorted({start_label(flatten(read_yaml(run / "config.yaml"))) for run in runs})
+    note += " Start: " + "; ".join(starts) + "."
     if repeats:
         note += (f" {len(repeats)} run(s) repeating another run's settings and seeds were counted once: "
                  + ", ".join(run.name for run in repeats) + ".")

@@ -106,3 +106,10 @@ def test_every_method_trains_a_few_steps_on_the_dlib_backbone(tmp_path, method):
                                  "method.scn.relabel_start=0", "method.ldlva.space=features"))
     summary = run_training(cfg)
     assert 0 <= summary["final"]["test"]["accuracy"] <= 1
+
+
+def test_reports_name_the_face_backbones_own_weights_as_its_start():
+    from ldl.report import start_label
+    assert start_label({"model.arch": "dlib_face", "model.pretrained": None}) == "dlib_face's own pretrained weights"
+    assert start_label({"model.arch": "resnet18", "model.pretrained": None}) == "random weights"
+    assert start_label({"model.arch": "resnet18", "model.pretrained": "b.pth"}) == "pretrained weights (b.pth)"

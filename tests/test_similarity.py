@@ -183,6 +183,9 @@ def test_cross_writes_the_measures_and_their_figures(tmp_path):
     assert main(["cross", str(path), "--out", str(out)]) == 0
 
     result = json.loads((out / "cross.json").read_text())
+    # every table names how its models were trained: two methods, one protocol, random weights
+    assert result["training"] == "ce, shared protocol, from random weights; slm_aea, shared protocol, from random weights"
+    assert f"trained by {result['training']}" in (out / "cross.md").read_text()
     t = result["transfer"]
     f1 = np.array(result["macro_f1"])
     per = t["per_dataset"]
