@@ -32,7 +32,7 @@ def results_table(title: str, rows: dict[str, dict]) -> Table:
 def _train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from ldl.group_report import group_tables
+    from ldl.fairness import group_tables
     from ldl.train import init_distributed, run_training
 
     init_distributed()
@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ldl.group_report import group_tables
+    from ldl.fairness import group_tables
     from ldl.train import evaluate_checkpoint
 
     metrics, cfg, epoch = evaluate_checkpoint(Path(args.checkpoint), args.split, overrides=tuple(args.overrides))

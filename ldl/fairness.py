@@ -16,6 +16,7 @@ that a method's score can be seen to find one group's wrong labels better than a
 from __future__ import annotations
 
 import numpy as np
+from rich.table import Table
 
 from ldl.data.groups import MISSING
 from ldl.metrics import classification_metrics, distribution_metrics, noise_detection_metrics
@@ -105,3 +106,26 @@ def group_noise_detection(scores: dict[str, np.ndarray], is_noisy: np.ndarray, g
         out[name] = {"groups": per_group, "auroc_gap": gaps}
     return out
 
+
+# The console's view (ldl train, ldl eval): kept here, away from the report's matplotlib.
+GAPS = (("accuracy_gap", "acc gap"), ("accuracy_ratio", "acc min/max"), ("f1_gap", "F1 gap"),
+        ("f1_ratio", "F1 min/max"), ("demographic_parity_difference", "DP diff"),
+        ("equalised_odds_difference", "EO diff"))
+
+
+def group_tables(metrics: dict, title: str) -> list[Table]:
+    """One console table per attribute of an evaluation's "groups", its gaps in the caption."""
+    tables = []
+    for attribute, m in metrics.get("groups", {}).items():
+        columns = ["n", "accuracy", "mean_class_accuracy", "macro_f1", "ece"] + (
+            ["kl"] if any("kl" in e for e in m["groups"].values()) else [])
+        table = Table(title=f"{title}: by {attribute}" + (f" ({m['unknown']} unknown)" if m["unknown"] else ""))
+        table.add_column(attribute)
+        for column in columns:
+            table.add_column(column.replace("_", " "), justify="right")
+        for g, e in m["groups"].items():
+            table.add_row(g, str(e["n"]), *(f"{e[c]:.4f}" for c in columns[1:]))
+        gaps = [f"{label} {m[key]:.4f}" for key, label in GAPS if m.get(key) is not None]
+        table.caption = ", ".join(gaps)
+        tables.append(table)
+    return tables

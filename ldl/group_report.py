@@ -1,5 +1,5 @@
-"""Demographic groups in the outputs: a table per attribute and a bar figure in `ldl report`, the
-per-group tables that `ldl train` and `ldl eval` print, and the gap matrices of `ldl cross`.
+"""Demographic groups in the outputs: a table per attribute and a bar figure in `ldl report`, and
+the gap matrices of `ldl cross` (the console tables of `ldl train` and `ldl eval`: ldl.fairness).
 
 Report rows are the report's own groups (dataset, protocol, method setting, noise), over seeds
 (mean ± std): test accuracy and macro-F1 per group, the gaps (max - min, min / max, demographic
@@ -12,13 +12,9 @@ from __future__ import annotations
 import html
 
 import numpy as np
-from rich.table import Table
 
+from ldl.fairness import GAPS
 from ldl.report import GroupKey, _figure_to_base64, _mean_std, noise_label, plt
-
-GAPS = (("accuracy_gap", "acc gap"), ("accuracy_ratio", "acc min/max"), ("f1_gap", "F1 gap"),
-        ("f1_ratio", "F1 min/max"), ("demographic_parity_difference", "DP diff"),
-        ("equalised_odds_difference", "EO diff"))
 
 
 def _test_groups(summary: dict) -> dict:
@@ -133,24 +129,6 @@ def group_sections(groups: dict[GroupKey, list[dict]]) -> tuple[list[str], str, 
             if bars:
                 figures.append((f"Test accuracy by {attribute}, {protocol} protocol", bars))
     return md, page, figures
-
-
-def group_tables(metrics: dict, title: str) -> list[Table]:
-    """One console table per attribute of an evaluation's "groups", its gaps in the caption."""
-    tables = []
-    for attribute, m in metrics.get("groups", {}).items():
-        columns = ["n", "accuracy", "mean_class_accuracy", "macro_f1", "ece"] + (
-            ["kl"] if any("kl" in e for e in m["groups"].values()) else [])
-        table = Table(title=f"{title}: by {attribute}" + (f" ({m['unknown']} unknown)" if m["unknown"] else ""))
-        table.add_column(attribute)
-        for column in columns:
-            table.add_column(column.replace("_", " "), justify="right")
-        for g, e in m["groups"].items():
-            table.add_row(g, str(e["n"]), *(f"{e[c]:.4f}" for c in columns[1:]))
-        gaps = [f"{label} {m[key]:.4f}" for key, label in GAPS if m.get(key) is not None]
-        table.caption = ", ".join(gaps)
-        tables.append(table)
-    return tables
 
 
 CROSS_GAPS = ("accuracy_gap", "f1_gap", "demographic_parity_difference", "equalised_odds_difference")
