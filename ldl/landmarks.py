@@ -81,12 +81,15 @@ def _entries(cfg: DictConfig, splits: tuple[str, ...]) -> list[Path]:
     from omegaconf import OmegaConf
 
     from ldl.data import build_splits
+    from ldl.data.loading import DataError
 
     plain = OmegaConf.merge(cfg, {"data": {"noise": {"type": "none"}, "va_file": None}})
     folders: list[Path] = []
     for split in splits:
         try:
             data = build_splits(plain, (split,))[split]
+        except DataError:
+            raise   # a loader's own complaint (a broken label file), never a split to skip
         except ValueError as err:
             if "is empty" in str(err):   # e.g. no held-out validation split
                 continue

@@ -55,9 +55,21 @@ def test_landmarks_command_adds_points_that_later_runs_load(tmp_path, capsys):
     assert main(["landmarks", "--box", "image", *overrides]) == 0      # stored: nothing to redo
     assert "exists" in capsys.readouterr().out
 
+    np.save(entry / LANDMARKS_FILE, np.zeros((3, 68, 2), np.float32))   # a stale file from another entry
+    with pytest.raises(ValueError, match=rf"{LANDMARKS_FILE}: landmarks of shape \(3, 68, 2\), expected \(14, 68, 2\)"):
+        build_splits(load_config(None, overrides), ("train",))
+
 
 def test_a_dataset_with_its_own_landmarks_is_left_alone(capsys):
     overrides = ["data.synthetic.num_train=40", "data.synthetic.num_val=8", "data.synthetic.num_test=8",
                  "data.image_size=32", "log.progress=false"]
     assert main(["landmarks", "--splits", "train", *overrides]) == 0
     assert "ships landmarks" in capsys.readouterr().out
+
+
+def test_landmarks_command_stops_on_a_broken_label_file_instead_of_skipping_its_split(tmp_path, capsys):
+    root = formats.rafdb(tmp_path / "raf-basic", [1, 2, 3, 4, 5, 6, 7] * 2, [])   # no test_* lines
+    overrides = ["data.name=rafdb", f"data.root={root}", "data.num_classes=7", "data.image_size=48",
+                 "data.val_fraction=0.5", "log.progress=false"]
+    assert main(["landmarks", "--box", "image", *overrides]) != 0
+    assert "no 'test_*' lines: the test split is empty" in capsys.readouterr().out

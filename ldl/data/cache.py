@@ -183,6 +183,9 @@ def _load(folder: Path) -> FERData:
     predicted = folder / LANDMARKS_FILE   # `ldl landmarks`: they fill the samples without landmarks of their own
     if predicted.is_file():
         points = np.load(predicted)
+        if points.shape != (meta["count"], 68, 2):
+            raise ValueError(f"{predicted}: landmarks of shape {points.shape}, expected ({meta['count']}, 68, 2) for "
+                             "this cache entry; run `ldl landmarks --overwrite` again or delete the file")
         own = arrays.get("landmarks")
         arrays["landmarks"] = points if own is None else np.where(np.isfinite(own), own, points)
     images = np.load(folder / "images.npy", mmap_mode="r")
