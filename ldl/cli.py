@@ -96,7 +96,7 @@ def _noise(args: argparse.Namespace) -> int:
     validate_data(cfg)
     train = build_splits(cfg, ("train",))["train"]
     noisy = inject(train, args.type, args.rate or 0.0, args.seed, args.temperature, cfg.data.name)
-    write_noise_file(Path(args.out), noisy)
+    write_noise_file(Path(args.out), noisy.names, noisy.labels, noisy.clean_labels, noisy.info["noise"])
     report = noisy.info["noise"]
     asked = f"temperature {args.temperature:g}" if args.type == "annotator" else f"at {args.rate:.0%}"
     console.print(f"{args.type} noise {asked}: realised rate {report['realised_rate']:.4f} "

@@ -25,15 +25,12 @@ from tqdm.auto import tqdm
 
 from ldl.rendezvous import from_submitit
 from ldl.runlock import ALIVE_STATES, RunLockedError, live_owner, slurm_states
-from ldl.sweep import RUNNING_ELSEWHERE, SweepError, SweepRun, expand, train_args
+from ldl.sweep import ERROR_CHARS, ERROR_FILE, RUNNING_ELSEWHERE, STATUS_FILE, SweepError, SweepRun, expand, train_args
 
 CLUSTERS = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}  # ours -> submitit's
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "nodes", "account", "setup", "timeouts")
 DEFAULT_TIME_MIN = 240
 LOG_DIR = "logs"
-ERROR_FILE = "error.txt"
-STATUS_FILE = "sweep_status.json"
-ERROR_CHARS = 2000
 
 
 def slurm_options(spec: dict, given: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,9 @@ from ldl.runlock import live_owner
 SWEEP_METHODS = ("grid", "random")
 ARGS_TOKEN = "${args_no_hyphens}"
 RUNNING_ELSEWHERE = "running elsewhere"
+STATUS_FILE = "sweep_status.json"   # the sweep folder's record of every run, whichever executor ran it
+ERROR_FILE = "error.txt"            # a failed run's last output, in its run folder
+ERROR_CHARS = 2000
 STOP_GRACE_S = 10.0  # a stopped child's time to save and release its run folder before SIGKILL
 
 
@@ -228,7 +231,7 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
     gpus = torch.cuda.device_count()
     workers = workers or max(1, gpus or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    status_path = out_dir / "sweep_status.json"
+    status_path = out_dir / STATUS_FILE
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
     todo = [r for r in runs if not (out_dir / r.run_id / "summary.json").is_file()]
@@ -256,9 +259,9 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
         if code == 0:
             return run, {"state": "finished", "overrides": run.overrides,
                          "seconds": round(time.perf_counter() - start, 1)}
-        tail = log.read_text()[-2000:]
+        tail = log.read_text()[-ERROR_CHARS:]
         run_dir.mkdir(exist_ok=True)
-        (run_dir / "error.txt").write_text(tail)
+        (run_dir / ERROR_FILE).write_text(tail)
         return run, {"state": "failed", "overrides": run.overrides, "exit_code": code, "error": tail}
 
     with _forwarding_signals(children), ThreadPoolExecutor(max_workers=workers) as pool, \

@@ -33,7 +33,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -251,17 +251,19 @@ def _with_noisy_labels(data: FERData, clean: np.ndarray, noisy: np.ndarray, spec
     return replace(data, labels=noisy.astype(np.int64), clean_labels=clean.copy(), info=info)
 
 
-def write_noise_file(path: Path, data: FERData) -> None:
+def write_noise_file(path: Path, names: Sequence, labels: Sequence[int], clean_labels: Sequence[int],
+                     noise: Mapping) -> None:
     """CSV `name,label,clean_label` (canonical indices) that `data.noise.file` reads back, and
-    beside it (`<file>.json`) how the noise was made, so that runs on the file are reported under
-    the kind of noise that made it (`file (symmetric 16%)`), not as one anonymous `file` row."""
+    beside it (`<file>.json`) how the noise was made (`noise`: a split's info["noise"]), so that runs
+    on the file are reported under the kind of noise that made it (`file (symmetric 16%)`), not as
+    one anonymous `file` row."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "label", "clean_label"])
-        for name, label, clean in zip(data.names, data.labels, data.clean_labels):
+        for name, label, clean in zip(names, labels, clean_labels):
             writer.writerow([name, int(label), int(clean)])
-    made_by = {k: v for k, v in data.info.get("noise", {}).items() if k in MADE_BY_KEYS}
+    made_by = {k: v for k, v in noise.items() if k in MADE_BY_KEYS}
     path.with_name(path.name + ".json").write_text(json.dumps(made_by, indent=1))
 
 

@@ -321,7 +321,7 @@ MIN_INPUT_SIZE = next(s for s in range(16, 400) if map_side(s) >= 1)
 
 class DlibFaceResNet(nn.Module):
     """The backbone: ImageNet-normalised RGB at any size -> the 128-channel descriptor map.
-    `out_dim` = 128; `embedding(x)` is dlib's 128-d descriptor (the pooled map)."""
+    `out_dim` = 128; pooled, the map is dlib's 128-d descriptor."""
 
     def __init__(self, input_size: int | None = None):
         super().__init__()
@@ -360,8 +360,9 @@ class DlibFaceResNet(nn.Module):
 
     def load_dlib(self, path: str | Path) -> dict:
         """Copy the weights of a dlib_face_recognition_resnet_model_v1-style file into this module."""
-        net = read_dlib_net(path, self.dlib_layers())
-        for layer, details in zip(self.dlib_layers(), net["layers"]):
+        layers = self.dlib_layers()
+        net = read_dlib_net(path, layers)
+        for layer, details in zip(layers, net["layers"]):
             if layer.module is None:
                 continue
             weight = torch.from_numpy(np.ascontiguousarray(details["weight"]))

@@ -9,7 +9,6 @@ metadata for every split, written in the AffectNet+ per-image JSON layout that
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +102,8 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
                                    keys=("members", "au_head", "au_temperature", "config"))
     cfg = cfg or config_from_dict(teacher["config"])
     splits = build_splits(cfg, ("train", "val", "test"))
-    counts, written = {}, []
+    counts = {}
+    pool: list[tuple[str, int, int]] = []   # (name in the copy, label learnt from, clean label) of train_set/
     for split, data in splits.items():
         folder = out_root / "human_annotated" / SPLIT_FOLDERS["test" if split == "test" else "train"]
         (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -126,14 +126,11 @@ def label_dataset(teacher_dir: Path, out_root: Path, cfg: DictConfig | None = No
             if dist8 is not None:   # the truth travels with the labels (affectnet_plus reads it as dist)
                 meta["label-distribution"] = [round(float(p), 6) for p in dist8[i]]
             write_record(folder / "annotations" / f"{stem}.json", int(clean[i]), soft8[i], int(subset[i]), meta)
+            if split != "test":   # the copy's training pool
+                pool.append((stem, data.labels[i], clean[i]))
         counts[split] = {"n": len(data), "subsets": np.bincount(subset, minlength=3).tolist()}
-        if split != "test":   # the copy's training pool
-            written.append(replace(data, images=data.images[:0], names=np.array([f"{split}_{i:06d}" for i in range(len(data))]),
-                                   clean_labels=clean))
     if splits["train"].clean_labels is not None:
-        pooled = replace(written[0], names=np.concatenate([d.names for d in written]),
-                         labels=np.concatenate([d.labels for d in written]),
-                         clean_labels=np.concatenate([d.clean_labels for d in written]))
-        write_noise_file(out_root / NOISE_FILE, pooled)
+        names, labels, clean_labels = zip(*pool)
+        write_noise_file(out_root / NOISE_FILE, names, labels, clean_labels, splits["train"].info["noise"])
         counts["noise_file"] = str(out_root / NOISE_FILE)
     return counts
