@@ -90,11 +90,8 @@ def local_similarity(aux: np.ndarray, neighbours: np.ndarray, kind: str, delta: 
 def landmark_space(data: FERData) -> np.ndarray:
     """The AU proxy's facial-geometry features of the 68 landmarks, standardised and scaled by
     1/sqrt(dim) so that distances are on the VA square's scale (delta keeps its meaning)."""
-    from ldl.teacher.au_proxy import geometry_features
-    if data.landmarks is None or not np.isfinite(data.landmarks).all():
-        raise ValueError("method.ldlva.space=landmarks needs 68 landmarks for every training sample "
-                         "(AffectNet and the synthetic set have them; add them to any dataset with `ldl landmarks`)")
-    feats = geometry_features(data.landmarks)
+    from ldl.teacher.au_proxy import landmark_features
+    feats = landmark_features(data.landmarks, "method.ldlva.space=landmarks (the training split)")
     z = (feats - feats.mean(0)) / feats.std(0).clip(min=1e-6)
     return (z / np.sqrt(z.shape[1])).astype(np.float32)
 

@@ -23,7 +23,7 @@ from ldl.data import FERData, build_splits
 from ldl.data.affectnet_plus import SPLIT_FOLDERS, write_record
 from ldl.data.noise import write_noise_file
 from ldl.engine import predict_logits
-from ldl.teacher.au_proxy import AUProxyHead, geometry_features, train_au_head
+from ldl.teacher.au_proxy import AUProxyHead, landmark_features, train_au_head
 from ldl.teacher.fusion import apply_platt, assign_subsets, fit_platt, fit_temperature, fuse, softmax
 from ldl.train import job_from_checkpoint, run_training
 
@@ -37,11 +37,8 @@ def _member_logits(checkpoint_path: Path, data: FERData, split: str) -> np.ndarr
     return logits[np.argsort(index)]
 
 
-def _landmark_features(data: FERData, source: str) -> np.ndarray:
-    if data.landmarks is None or not np.isfinite(data.landmarks).all():
-        raise ValueError(f"the AU-proxy head needs 68 landmarks for every {source} sample "
-                         "(AffectNet and the synthetic set have them; add them to any dataset with `ldl landmarks`)")
-    return geometry_features(data.landmarks)
+def _landmark_features(data: FERData, split: str) -> np.ndarray:
+    return landmark_features(data.landmarks, f"the AU-proxy head (the {split} split)")
 
 
 def train_teacher(cfg: DictConfig, out_dir: Path) -> dict:

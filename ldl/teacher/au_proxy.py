@@ -64,6 +64,14 @@ class AUProxyHead(nn.Module):
         return self.net((feats - self.mean) / self.std)
 
 
+def landmark_features(landmarks: np.ndarray | None, needed_by: str) -> np.ndarray:
+    """geometry_features of a split's 68 landmarks, or a clear error naming what needs them."""
+    if landmarks is None or not np.isfinite(landmarks).all():
+        raise ValueError(f"{needed_by} needs 68 landmarks for every sample (AffectNet and the synthetic set have "
+                         "them; add them to any dataset with `ldl landmarks`)")
+    return geometry_features(landmarks)
+
+
 def train_au_head(feats: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int = 300,
                   seed: int = 0) -> AUProxyHead:
     torch.manual_seed(seed)
