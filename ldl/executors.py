@@ -29,6 +29,7 @@ from ldl.sweep import ERROR_CHARS, ERROR_FILE, RUNNING_ELSEWHERE, STATUS_FILE, S
 
 CLUSTERS = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}  # ours -> submitit's
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "nodes", "account", "setup", "timeouts")
+COUNT_KEYS = ("gpus", "cpus", "nodes", "timeouts")   # whole numbers, checked before anything is submitted
 DEFAULT_TIME_MIN = 240
 LOG_DIR = "logs"
 
@@ -46,6 +47,12 @@ def slurm_options(spec: dict, given: dict[str, Any]) -> dict[str, Any]:
         options["time"] = _minutes(options["time"])  # checked before anything is submitted
     if "mem" in options and str(options["mem"]).replace(".", "", 1).isdigit():
         options["mem"] = f"{options['mem']}G"   # a bare number means GB, from the file or the command line alike
+    for key in COUNT_KEYS:
+        if key in options:
+            try:
+                options[key] = int(options[key])
+            except (TypeError, ValueError):
+                raise SweepError(f"slurm {key}: a whole number, got {options[key]!r}") from None
     return options
 
 
@@ -66,15 +73,15 @@ def _executor(cluster: str, folder: Path, options: dict[str, Any], name: str) ->
     """A submitit executor for one run: one task per GPU on each node (a CPU run: one task)."""
     import submitit
 
-    timeouts = int(options.get("timeouts", 3))  # requeues after hitting the time limit; preemptions are free
+    timeouts = options.get("timeouts", 3)  # requeues after hitting the time limit; preemptions are free
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=timeouts,
                                      local_max_num_timeout=timeouts)
-    gpus = int(options.get("gpus", 0))
+    gpus = options.get("gpus", 0)
     params: dict[str, Any] = {"name": name, "timeout_min": options.get("time", DEFAULT_TIME_MIN),
-                              "nodes": int(options.get("nodes", 1)), "tasks_per_node": max(gpus, 1),
+                              "nodes": options.get("nodes", 1), "tasks_per_node": max(gpus, 1),
                               "gpus_per_node": gpus, "stderr_to_stdout": True}
     if "cpus" in options:
-        params["cpus_per_task"] = int(options["cpus"])
+        params["cpus_per_task"] = options["cpus"]
     slurm_only = {"partition": options.get("partition"), "account": options.get("account"),
                   "mem": options.get("mem"),
                   "setup": list(options["setup"]) if options.get("setup") else None}

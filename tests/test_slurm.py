@@ -17,7 +17,7 @@ from ldl.cli import main
 from ldl.executors import slurm_options
 from ldl.rendezvous import first_host, from_slurm, from_submitit, port_for
 from ldl.runlock import RunLock, RunLockedError, live_owner, read_owner
-from ldl.sweep import expand, load_sweep
+from ldl.sweep import SweepError, expand, load_sweep
 from test_reliability_run import epochs_recorded, living, small, wait_until, write_lock
 
 pytest.importorskip("submitit")
@@ -321,3 +321,9 @@ def test_a_bare_memory_number_means_gigabytes_from_the_file_and_the_command_line
     assert slurm_options({"slurm": {"mem": 32}}, {"mem": None})["mem"] == "32G"
     assert slurm_options({}, {"mem": "32"})["mem"] == "32G"
     assert slurm_options({"slurm": {"mem": "500M"}}, {"mem": "64G"})["mem"] == "64G"
+
+
+def test_slurm_counts_are_whole_numbers_named_when_they_are_not():
+    assert slurm_options({"slurm": {"gpus": "2", "nodes": 1}}, {"cpus": "8"}) == {"gpus": 2, "nodes": 1, "cpus": 8}
+    with pytest.raises(SweepError, match="slurm gpus: a whole number, got 'two'"):
+        slurm_options({"slurm": {"gpus": "two"}}, {})
