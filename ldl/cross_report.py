@@ -16,42 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ldl.models import SELF_LOADING  # noqa: E402
-from ldl.report import _figure_to_base64  # noqa: E402
+from ldl.report import _figure_to_base64, _matrix, heatmap  # noqa: E402
 from ldl.transfer import DISTANCES  # noqa: E402
 from ldl.group_report import cross_gap_tables, html_table, markdown_table  # noqa: E402
 
 METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean-class accuracy", "macro_f1": "macro-F1"}
 DISTANCE_NAMES = {"prior_js": "class-prior JS divergence", "label_js": "label-distribution JS divergence",
                   "frechet": "Frechet distance of pooled features", "mmd": "feature MMD²"}
-
-
-def _matrix(rows: list[list]) -> np.ndarray:
-    """A JSON matrix (None where a measure is undefined) as floats with NaN there."""
-    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-
-
-def heatmap(matrix: list[list], names: list[str], title: str, fmt: str, cmap: str = "viridis",
-            vmin: float | None = None, vmax: float | None = None, notes: np.ndarray | None = None) -> str:
-    """A dataset-by-dataset matrix (rows: trained on, columns: tested on), every cell written
-    in (`fmt`, '–' where undefined) with an optional second line per cell (`notes`)."""
-    m = _matrix(matrix)
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(1.3 * n + 2.4, 1.1 * n + 1.6))
-    shown = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), names, rotation=30, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("test on (its test split)")
-    ax.set_ylabel("train on (its training split)")
-    for i in range(n):
-        for j in range(n):
-            text = "–" if np.isnan(m[i, j]) else fmt.format(m[i, j])
-            if notes is not None and not np.isnan(notes[i, j]):
-                text += f"\n({notes[i, j]:.3g})"
-            light = np.isnan(m[i, j]) or sum(shown.cmap(shown.norm(m[i, j]))[:3]) > 1.5
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if light else "white")
-    ax.set_title(title, fontsize=9)
-    return _figure_to_base64(fig)
 
 
 def _drop_scatter(transfer: dict, names: list[str], metric: str) -> str:

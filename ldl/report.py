@@ -362,20 +362,38 @@ def _reliability(summary: dict, title: str) -> str | None:
     return _figure_to_base64(fig)
 
 
-def _cross_heatmap(cross: dict) -> str:
-    acc = np.array(cross["accuracy"])
-    names = cross["datasets"]
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 1.2 * len(names) + 1.5))
-    ax.imshow(acc, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("test on")
-    ax.set_ylabel("train on")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{acc[i, j]:.1%}", ha="center", va="center", color="white" if acc[i, j] < 0.6 else "black")
-    ax.set_title(f"cross-dataset accuracy; mean off-diagonal {cross['mean_off_diagonal']:.1%}", fontsize=9)
+def _matrix(rows: list[list]) -> np.ndarray:
+    """A JSON matrix (None where a measure is undefined) as floats with NaN there."""
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+
+def heatmap(matrix: list[list], names: list[str], title: str, fmt: str, cmap: str = "viridis",
+            vmin: float | None = None, vmax: float | None = None, notes: np.ndarray | None = None) -> str:
+    """A dataset-by-dataset matrix (rows: trained on, columns: tested on), every cell written
+    in (`fmt`, '–' where undefined) with an optional second line per cell (`notes`)."""
+    m = _matrix(matrix)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.3 * n + 2.4, 1.1 * n + 1.6))
+    shown = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("test on (its test split)")
+    ax.set_ylabel("train on (its training split)")
+    for i in range(n):
+        for j in range(n):
+            text = "–" if np.isnan(m[i, j]) else fmt.format(m[i, j])
+            if notes is not None and not np.isnan(notes[i, j]):
+                text += f"\n({notes[i, j]:.3g})"
+            light = np.isnan(m[i, j]) or sum(shown.cmap(shown.norm(m[i, j]))[:3]) > 1.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if light else "white")
+    ax.set_title(title, fontsize=9)
     return _figure_to_base64(fig)
+
+
+def _cross_heatmap(cross: dict) -> str:
+    return heatmap(cross["accuracy"], cross["datasets"], "cross-dataset accuracy; mean off-diagonal "
+                   f"{cross['mean_off_diagonal']:.1%}", "{:.1%}", vmin=0, vmax=1)
 
 
 def build_report(paths: list[Path], out_dir: Path) -> dict:
