@@ -30,6 +30,8 @@ def results_table(title: str, rows: dict[str, dict]) -> Table:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import gc
+
     import torch.distributed as dist
 
     from ldl.fairness import group_tables
@@ -44,6 +46,11 @@ def _train(args: argparse.Namespace) -> int:
         summary = run_training(load_config(args.config, args.overrides))
     if dist.is_initialized():
         rank = dist.get_rank()
+        # The run's DDP wrapper and its gloo work sit in reference cycles; left to the collector at
+        # interpreter exit, gloo's threads free them without the GIL and the process aborts
+        # ("terminate called without an active exception", seen on rank 1 of the 2-process test).
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
         if rank != 0:
             return 0
