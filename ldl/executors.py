@@ -4,17 +4,18 @@ the state of every run of a sweep folder, whichever executor filled it.
 One SLURM job per run, with its own log folder (<sweep>/logs/<run id>/<job id>_<task>_log.out,
 stderr included, appended across requeues).  `submitit-local` (a process per job) and
 `submitit-debug` (in this process, pdb on an error) run the very same job on this machine.  The job
-trains inside submitit's process, so submitit's signal handling stays in charge: on preemption or
-before the time limit (SIGUSR2) it asks `RunJob.checkpoint` what to run after the requeue, and
-that is the same job again, which finds the run's last epoch checkpoint and continues it as
-`ldl train --resume` does (model, optimiser, per-sample state, RNG: the numbers end as an
-uninterrupted run's).  Only the work since that checkpoint is done twice.
+trains inside submitit's process, so submitit's signal handling stays in charge, held to the next
+batch boundary (ldl.lifeline.deferred_signal): on preemption or before the time limit (SIGUSR2) it
+asks `RunJob.checkpoint` what to run after the requeue, and that is the same job again, which finds
+the run's last epoch checkpoint and continues it as `ldl train --resume` does (model, optimiser,
+per-sample state, RNG: the numbers end as an uninterrupted run's).  Only the work since that checkpoint is done twice.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from ldl.lifeline import deferred_signal
 from ldl.rendezvous import from_submitit
 from ldl.runlock import ALIVE_STATES, RunLockedError, live_owner, slurm_states
 from ldl.sweep import ERROR_CHARS, ERROR_FILE, RUNNING_ELSEWHERE, STATUS_FILE, SweepError, SweepRun, expand, train_args
@@ -103,7 +105,8 @@ class RunJob:
         os.environ.update(from_submitit())
         args = parse_args(["train", *train_args(self.spec, self.run, self.run_dir)])  # resumes from a checkpoint
         try:
-            args.func(args)
+            with deferred_signal(signal.SIGUSR2):   # submitit's requeue acts between batches
+                args.func(args)
         except RunLockedError:  # another live process took the folder since the sweep looked
             return RUNNING_ELSEWHERE
         except Exception:

@@ -10,6 +10,12 @@ thread rather than prctl(PR_SET_PDEATHSIG) in a preexec_fn: the sweep starts chi
 worker threads, where preexec_fn may deadlock and PDEATHSIG fires when the starting *thread*
 ends; getppid works the same on Linux and macOS, and the check at start covers a sweep that
 died before the child ran.
+
+A handler that raises (submitit's requeue on SIGUSR2 ends with sys.exit) must not run at an
+arbitrary bytecode: raised inside torch.save, torch's zip writer replaces the SystemExit with a
+RuntimeError (1 % of random moments in a tiny run), and C code that clears errors can swallow it,
+so the job fails or trains on instead of being requeued.  `deferred_signal` holds such a signal
+until `run_deferred()`, which the batch loader calls between batches.
 """
 from __future__ import annotations
 
@@ -18,10 +24,12 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 PARENT_ENV = "LDL_SWEEP_PARENT"
 WATCH_INTERVAL_S = 0.5
+_deferred: dict[int, Callable[[int, Any], Any]] = {}   # signal -> its real handler, while deferred
+_pending: list[int] = []                                # deferred signals that arrived
 
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
@@ -58,3 +66,29 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def deferred_signal(signum: int) -> Iterator[None]:
+    """Within the block, `signum`'s current Python handler runs at the next `run_deferred()`
+    instead of wherever the signal lands.  One that arrives after the last safe point is dropped:
+    the work it would have stopped is done (main thread only, as signal handlers are)."""
+    handler = signal.getsignal(signum)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferred[signum] = handler
+    signal.signal(signum, lambda sig, frame: _pending.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signum, handler)
+        del _deferred[signum]
+        _pending[:] = [sig for sig in _pending if sig != signum]
+
+
+def run_deferred() -> None:
+    """A safe point: run the handlers of the deferred signals that arrived (they may raise)."""
+    while _pending:
+        signum = _pending.pop(0)
+        _deferred[signum](signum, None)

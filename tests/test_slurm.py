@@ -15,6 +15,7 @@ import yaml
 
 from ldl.cli import main
 from ldl.executors import slurm_options
+from ldl.lifeline import deferred_signal, run_deferred
 from ldl.rendezvous import first_host, from_slurm, from_submitit, port_for
 from ldl.runlock import RunLock, RunLockedError, live_owner, read_owner
 from ldl.sweep import SweepError, expand, load_sweep
@@ -107,6 +108,31 @@ def test_preempted_run_is_requeued_and_ends_with_the_numbers_of_an_uninterrupted
     log = next((root / "local" / "logs" / preempted.name).glob("*_0_log.out")).read_text()
     assert "this job is preempted" in log and "Requeued job" in log, log[-3000:]
     assert numbers(preempted) == numbers(root / "debug" / preempted.name)
+
+
+def test_a_deferred_signal_acts_at_the_next_safe_point_and_not_where_it_lands():
+    """submitit's requeue handler raises SystemExit; landing inside torch.save it would become a
+    RuntimeError, so it is held until the batch loader's next safe point."""
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+        raise SystemExit(3)
+
+    previous = signal.signal(signal.SIGUSR2, handler)
+    try:
+        with deferred_signal(signal.SIGUSR2):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            sum(range(1000))   # bytecode runs: an undeferred handler would have raised here
+            assert calls == []
+            with pytest.raises(SystemExit):
+                run_deferred()
+            assert calls == [signal.SIGUSR2]
+            run_deferred()     # handled once
+            os.kill(os.getpid(), signal.SIGUSR2)   # after the last safe point: the work is done
+        assert calls == [signal.SIGUSR2] and signal.getsignal(signal.SIGUSR2) is handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_status_lists_finished_and_failed_runs_with_the_failed_runs_last_log_lines(study, capsys):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ldl.data.augment import BatchAugment, normalize
+from ldl.lifeline import run_deferred
 
 
 PER_SAMPLE_DICTS = ("groups", "group_probs")   # FERData fields holding named per-sample arrays
@@ -139,6 +140,7 @@ class BatchLoader:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._order(generator)
         for b in range(len(self)):
+            run_deferred()   # between batches: where a deferred signal (a SLURM requeue) may end the run
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             images = self._gather_images(index).permute(0, 3, 1, 2)  # NHWC uint8 -> NCHW
             images = images.float().div_(255)
