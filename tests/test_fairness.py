@@ -121,6 +121,11 @@ def test_rafdb_manual_attribute_files(tmp_path):
     assert test.groups["age"].tolist() == ["0-3", "4-19", "20-39", "40-69", "70+", "0-3", "4-19"]
     train_all = np.concatenate([splits["train"].groups["race"], splits["val"].groups["race"]])
     assert sorted(train_all.tolist()) == [""] + ["asian"] * 20        # the image without a file: unknown
+    elsewhere = tmp_path / "attributes"
+    elsewhere.mkdir()
+    with pytest.raises(DataError, match=r"attributes_dir .*attributes: no attribute file for any of the 7 test "
+                                        r"images \(looked for e.g. test_0001_manu_attri.txt\)"):
+        build_splits(cfg_for("rafdb", root, f"data.rafdb.attributes_dir={elsewhere}"), ("test",))
 
     lines = (folder / "test_0003_manu_attri.txt").read_text().splitlines()
     lines[6] = "5"

@@ -162,6 +162,9 @@ def rafdb_split(cfg: DictConfig, split: str) -> FERData:
             if attributes_dir is not None:
                 files = [attributes_dir / f"{name.split('.')[0]}_manu_attri.txt" for name, _, _ in rows]
                 alloc.depends_on(files)   # an edited or added attribute file rebuilds the entry
+                if cfg.data.rafdb.attributes_dir and not any(f.is_file() for f in files):
+                    raise DataError(f"data.rafdb.attributes_dir {attributes_dir}: no attribute file for any of the "
+                                    f"{len(files)} {part} images (looked for e.g. {files[0].name})")
                 groups = [read_attribute_file(f, policy) if f.is_file() else {} for f in files]
                 rows = [r for r, g in zip(rows, groups) if g is not None]
                 groups = [g for g in groups if g is not None]
