@@ -8,7 +8,8 @@ trains inside submitit's process, so submitit's signal handling stays in charge,
 batch boundary (ldl.lifeline.deferred_signal): on preemption or before the time limit (SIGUSR2) it
 asks `RunJob.checkpoint` what to run after the requeue, and that is the same job again, which finds
 the run's last epoch checkpoint and continues it as `ldl train --resume` does (model, optimiser,
-per-sample state, RNG: the numbers end as an uninterrupted run's).  Only the work since that checkpoint is done twice.
+per-sample state, RNG: the numbers end as an uninterrupted run's).  Only the work since that
+checkpoint is done twice.
 """
 from __future__ import annotations
 
