@@ -242,6 +242,8 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
     children = Children()
 
     def launch(slot: int, run: SweepRun) -> tuple[SweepRun, dict]:
+        if children.stopping.is_set():   # queued when the sweep was stopped: never started
+            return run, {"state": "interrupted", "overrides": run.overrides}
         run_dir = out_dir / run.run_id
         owner = live_owner(run_dir)
         if owner is not None:
@@ -251,7 +253,8 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         start = time.perf_counter()
         log = out_dir / f"{run.run_id}.log"
-        with open(log, "w") as f:
+        with open(log, "a") as f:   # a resumed run's log follows its earlier incarnations'
+            start_offset = f.tell()
             code = children.run([sys.executable, "-m", "ldl.cli", "train", *train_args(spec, run, run_dir)],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
         if code is None or (code != 0 and children.stopping.is_set()):
@@ -259,7 +262,7 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
         if code == 0:
             return run, {"state": "finished", "overrides": run.overrides,
                          "seconds": round(time.perf_counter() - start, 1)}
-        tail = log.read_text()[-ERROR_CHARS:]
+        tail = log.read_text()[start_offset:][-ERROR_CHARS:]
         run_dir.mkdir(exist_ok=True)
         (run_dir / ERROR_FILE).write_text(tail)
         return run, {"state": "failed", "overrides": run.overrides, "exit_code": code, "error": tail}
@@ -275,6 +278,7 @@ def run_local(spec: dict, out_dir: Path, workers: int | None = None, seed: int =
                 bar.set_postfix(failed=sum(s["state"] == "failed" for s in status.values()))
         finally:  # normal end: nothing is running; signal or error: the children go too
             children.stop()
+            pool.shutdown(cancel_futures=True)   # runs still queued are not started
     status_path.write_text(json.dumps(status, indent=1))
     return status
 

@@ -136,13 +136,14 @@ def sweep_file(tmp_path, seeds):
     return path
 
 
-def start_sweep(tmp_path, seeds):
-    """A sweep of one run per seed, all at once, in its own session; returned once every run
-    has finished its first epoch."""
+def start_sweep(tmp_path, seeds, workers=None):
+    """A sweep of one run per seed, `workers` at a time (default all at once), in its own session;
+    returned once every started run has finished its first epoch."""
     path, out = sweep_file(tmp_path, seeds), tmp_path / "sweep"
-    proc = subprocess.Popen(ldl("sweep", path, "--out", out, "--workers", len(seeds)), start_new_session=True,
+    workers = workers or len(seeds)
+    proc = subprocess.Popen(ldl("sweep", path, "--out", out, "--workers", workers), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: len(list(out.glob("*/checkpoint.pt"))) == len(seeds), 120, "every run's first epoch")
+    wait_until(lambda: len(list(out.glob("*/checkpoint.pt"))) == workers, 120, "every started run's first epoch")
     return proc, path, out
 
 
@@ -159,11 +160,12 @@ def test_killed_sweep_leaves_no_orphans_and_rerun_resumes_once(tmp_path, stray_p
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stopped_sweep_stops_its_runs_and_releases_their_folders(tmp_path, stray_processes, signum, code):
-    sweep, _, out = start_sweep(tmp_path, [0])
+    sweep, _, out = start_sweep(tmp_path, [0, 1], workers=1)
     sweep.send_signal(signum)
     assert sweep.wait(timeout=30) == code
     wait_until(lambda: not living(tmp_path), 20, "the stopped sweep's runs to end")
     assert not list(out.glob("*/.lock"))
+    assert len(list(out.glob("*.log"))) == 1 and len([d for d in out.iterdir() if d.is_dir()]) == 1   # the queued run never started
 
 
 def test_sweep_leaves_a_folder_owned_by_a_live_process_alone(tmp_path, live_process):
