@@ -165,7 +165,8 @@ def test_stopped_sweep_stops_its_runs_and_releases_their_folders(tmp_path, stray
     assert sweep.wait(timeout=30) == code
     wait_until(lambda: not living(tmp_path), 20, "the stopped sweep's runs to end")
     assert not list(out.glob("*/.lock"))
-    assert len(list(out.glob("*.log"))) == 1 and len([d for d in out.iterdir() if d.is_dir()]) == 1   # the queued run never started
+    # the run still queued was never started: no log, no folder
+    assert len(list(out.glob("*.log"))) == 1 and len([d for d in out.iterdir() if d.is_dir()]) == 1
 
 
 def test_sweep_leaves_a_folder_owned_by_a_live_process_alone(tmp_path, live_process):
