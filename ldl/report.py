@@ -202,6 +202,12 @@ def _noise_auroc(summary: dict) -> float | None:
     return detection.get(key, {}).get("noise_auroc")
 
 
+def _final_noisy_fit(run: Path) -> float | None:
+    """The share of the noise-changed training labels the model predicts at the last epoch."""
+    series = _epoch_series(run).get("fit_noisy")
+    return series[-1] if series else None
+
+
 def _figure_to_base64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -406,13 +412,15 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
     groups = {key: [summaries[run] for run in members] for key, members in run_groups.items()}
 
     header = ["dataset", "method", "noise", "seeds", *[name for _, name in METRICS], "test acc @ best val",
-              "noise AUROC"]
+              "noise AUROC", "noisy-label fit"]
     tables: dict[str, list[list[str]]] = defaultdict(list)   # protocol -> rows
     for key, ss in groups.items():
+        members = run_groups[key]
         row = [key.dataset, key.method, noise_label(key.noise_type, key.rate), str(len(ss))]
         row += [_mean_std([s["final"]["test"].get(m) for s in ss]) for m, _ in METRICS]
         row.append(_mean_std([s["best_val"].get("test", {}).get("accuracy") for s in ss]))
         row.append(_mean_std([_noise_auroc(s) for s in ss]))
+        row.append(_mean_std([_final_noisy_fit(run) for run in members]))
         tables[key.protocol].append(row)
     epochs = sorted({s["epochs"] for s in summaries.values()})
     note = (f"Test metrics at the last epoch (of {', '.join(map(str, epochs))}), mean ± std over seeds; "
@@ -420,6 +428,8 @@ def build_report(paths: list[Path], out_dir: Path) -> dict:
             "selects). Noise AUROC scores each method's own noise score where it has one (SCN's and RUL's "
             "from an eval-mode pass over the un-augmented training set after training, LDLVA's and SLM-AEA's "
             "learned per-sample state), else the small-loss score 1 - p(given label) from the same pass. "
+            "Noisy-label fit is the share of the training labels the noise changed that the model predicts "
+            "at the last epoch, from that pass (memorisation: 1 = every wrong label learned). "
             "Noise is the type and the realised rate: the share of training labels that differ from the "
             "clean ones, mean over the seeds of a setting, rounded to whole percent.")
     starts = sorted({start_label(flatten(read_yaml(run / "config.yaml"))) for run in runs})

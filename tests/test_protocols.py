@@ -239,6 +239,9 @@ def test_report_keeps_protocols_apart_and_draws_memorisation(tmp_path):
     shared, paper = md.index("Protocol `shared`"), md.index("Protocol `paper`")
     row = "| synthetic | scn | symmetric 30% | 1 |"
     assert md.count(row) == 2 and shared < md.index(row) < paper < md.rindex(row)   # one row in each table
+    last = json.loads((tmp_path / "sweep" / runs[1].run_id / "metrics.jsonl").read_text().splitlines()[-1])
+    paper_row = md[md.rindex(row):].splitlines()[0]
+    assert paper_row.endswith(f" | {last['train_pass']['fit_noisy']:.4f} |")   # the last epoch's noisy-label fit
     assert "Memorisation: synthetic, symmetric 30%, paper protocol" in md
     assert "Memorisation: synthetic, symmetric 30%, shared protocol" in md
     assert "Start: random weights." in md
