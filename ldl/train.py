@@ -107,7 +107,7 @@ class Job:
         train = splits.get("train")
         self.num_classes = cfg.data.num_classes
         self.model: FERNet = build_model(cfg.model.arch, self.num_classes, cfg.model.width, cfg.model.stem,
-                                         cfg.model.pretrained, cfg.model.input_size).to(self.device)
+                                         cfg.model.pretrained, cfg.model.input_size, cfg.model.neck).to(self.device)
         on_cuda = self.device.type == "cuda"
         self.amp = cfg.amp if on_cuda else cfg.amp_cpu
         self.channels_last = cfg.channels_last and on_cuda

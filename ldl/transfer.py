@@ -75,7 +75,7 @@ def _backbone(backbone: dict, seed: int, device: torch.device) -> torch.nn.Modul
     with torch.random.fork_rng(devices=[]):   # random weights from `seed`, the caller's stream untouched
         torch.manual_seed(seed)
         net = build_model(backbone["arch"], 7, backbone["width"], backbone["stem"], backbone["pretrained"],
-                          backbone["input_size"])
+                          backbone["input_size"], neck="none")   # the backbone's own features
     return net.to(device).eval()
 
 

@@ -15,8 +15,8 @@ from ldl.data.dataset import FERData
 SPLITS = ("train", "val", "test")
 CLASS_COUNTS = (7, 8)  # the FER protocols: AffectNet's 8 classes, or 7 without Contempt
 # Settings that decide the shapes of a checkpoint's model and method state.
-CHECKPOINT_SHAPE_KEYS = ("model.arch", "model.width", "model.stem", "model.input_size", "method.name",
-                         "data.num_classes")
+CHECKPOINT_SHAPE_KEYS = ("model.arch", "model.width", "model.stem", "model.input_size", "model.neck",
+                         "method.name", "data.num_classes")
 
 
 def validate(cfg: DictConfig) -> None:

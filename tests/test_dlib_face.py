@@ -72,7 +72,7 @@ def test_descriptor_equals_dlibs_on_24_chips():
     recogniser = dlib.face_recognition_model_v1(str(package_file(WEIGHTS_FILE)))
     # The 150x150 overload runs the network on the chip as it is (num_jitters=0: no jitter, no resize).
     theirs = np.array([recogniser.compute_face_descriptor(np.ascontiguousarray(c), 0) for c in chips])
-    model = build_model("dlib_face", 7).eval()   # FERNet: its pooled features are the descriptor
+    model = build_model("dlib_face", 7, neck="none").eval()   # FERNet without neck: its pooled features are the descriptor
     x = normalize(torch.from_numpy(chips).permute(0, 3, 1, 2).float() / 255)
     with torch.no_grad():
         ours = model(x)["features"].numpy()
@@ -80,6 +80,40 @@ def test_descriptor_equals_dlibs_on_24_chips():
     print(f"max |ours - dlib| over {len(chips)} chips x 128: {diff:.2e}")
     assert diff < 1e-4
     assert np.linalg.norm(theirs, axis=1).min() > 0.1   # real descriptors, not zeros
+
+
+def test_pooled_batch_norm_is_batchnorm1d_of_the_pooled_features_in_training_and_evaluation():
+    from ldl.models.neck import PooledBatchNorm
+    torch.manual_seed(0)
+    neck, reference = PooledBatchNorm(5), torch.nn.BatchNorm1d(5)
+    with torch.no_grad():
+        for module in (neck, reference):
+            module.weight.copy_(torch.linspace(0.5, 2, 5))
+            module.bias.copy_(torch.linspace(-1, 1, 5))
+    for _ in range(3):   # training steps move the running statistics identically
+        fmap = torch.randn(6, 5, 3, 3) * 4 + 2
+        torch.testing.assert_close(neck(fmap).mean((2, 3)), reference(fmap.mean((2, 3))))
+    torch.testing.assert_close(neck.running_mean, reference.running_mean)
+    torch.testing.assert_close(neck.running_var, reference.running_var)
+    neck.eval(), reference.eval()
+    fmap = torch.randn(2, 5, 3, 3)
+    torch.testing.assert_close(neck(fmap).mean((2, 3)), reference(fmap.mean((2, 3))))
+
+
+@needs_weights
+def test_the_neck_brings_dlibs_descriptor_to_unit_scale_and_keeps_class_activation_maps_exact():
+    x = normalize(torch.from_numpy(_chips()).permute(0, 3, 1, 2).float() / 255)
+    raw, necked = build_model("dlib_face", 7, neck="none").train(), build_model("dlib_face", 7).train()
+    with torch.no_grad():
+        raw_spread = raw(x)["features"].std(0).mean().item()
+        out = necked(x, return_map=True)
+    assert raw_spread < 0.1   # across faces each descriptor value moves by a few hundredths
+    assert 0.5 < out["features"].std(0).mean().item() < 1.5
+    cam_logits = torch.einsum("kc,nchw->nk", necked.fc.weight, out["feature_map"]) / out["feature_map"][0, 0].numel()
+    torch.testing.assert_close(cam_logits + necked.fc.bias, out["logits"], rtol=1e-5, atol=1e-5)
+    assert not any(k.startswith("neck.") for k in build_model("resnet18", 7, width=8, stem="small").state_dict())
+    with pytest.raises(ValueError, match="model.neck"):
+        build_model("resnet18", 7, neck="layer")
 
 
 @needs_weights
