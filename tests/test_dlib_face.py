@@ -82,22 +82,24 @@ def test_descriptor_equals_dlibs_on_24_chips():
     assert np.linalg.norm(theirs, axis=1).min() > 0.1   # real descriptors, not zeros
 
 
-def test_pooled_batch_norm_is_batchnorm1d_of_the_pooled_features_in_training_and_evaluation():
-    from ldl.models.neck import PooledBatchNorm
+def test_actnorm_standardises_the_first_training_batch_then_is_one_fixed_affine_map():
+    from ldl.models.neck import ActNorm
     torch.manual_seed(0)
-    neck, reference = PooledBatchNorm(5), torch.nn.BatchNorm1d(5)
-    with torch.no_grad():
-        for module in (neck, reference):
-            module.weight.copy_(torch.linspace(0.5, 2, 5))
-            module.bias.copy_(torch.linspace(-1, 1, 5))
-    for _ in range(3):   # training steps move the running statistics identically
-        fmap = torch.randn(6, 5, 3, 3) * 4 + 2
-        torch.testing.assert_close(neck(fmap).mean((2, 3)), reference(fmap.mean((2, 3))))
-    torch.testing.assert_close(neck.running_mean, reference.running_mean)
-    torch.testing.assert_close(neck.running_var, reference.running_var)
-    neck.eval(), reference.eval()
-    fmap = torch.randn(2, 5, 3, 3)
-    torch.testing.assert_close(neck(fmap).mean((2, 3)), reference(fmap.mean((2, 3))))
+    neck = ActNorm(3)
+    spread, offset = torch.tensor([0.03, 2.0, 50.0])[:, None, None], torch.tensor([0.1, -1.0, 200.0])[:, None, None]
+    first = torch.randn(8, 3, 2, 2) * spread + offset
+    pooled = neck(first).mean((2, 3))
+    torch.testing.assert_close(pooled.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pooled.var(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+    # by hand for channel 0: (x - mean) / std with the first batch's moments
+    x0 = first[:, 0].mean((1, 2))
+    torch.testing.assert_close(pooled[:, 0], (x0 - x0.mean()) / x0.std(unbiased=False), atol=1e-3, rtol=0)
+    later = torch.randn(4, 3, 2, 2)
+    in_training = neck(later)                     # no second initialisation ...
+    assert torch.equal(neck.eval()(later), in_training)   # ... and evaluation computes the same map
+    restored = ActNorm(3)
+    restored.load_state_dict(neck.state_dict())
+    assert torch.equal(restored.train()(later), in_training)   # a resumed run does not re-initialise
 
 
 @needs_weights

@@ -9,20 +9,20 @@ from torch import nn
 
 from ldl.checkpoint import CheckpointError, load_file
 from ldl.models.dlib_face import dlib_face
-from ldl.models.neck import PooledBatchNorm
+from ldl.models.neck import ActNorm
 from ldl.models.resnet import resnet18, resnet50
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet50": resnet50, "dlib_face": dlib_face}
 # Backbones that come with their own weights: built as fn(input_size=, pretrained=) and
 # loading `pretrained` themselves (dlib_face: its .dat, by default the installed package's).
 SELF_LOADING = {"dlib_face"}
-NECKS = ("bn", "none")
+NECKS = ("actnorm", "none")
 # model.neck: null takes the arch's own.  dlib's descriptor is a metric embedding: across faces
 # each of its 128 values varies by about 0.03 around a mean of about 0.09, so a linear head on it
 # starts with logits that hardly differ between images (a probe on the frozen descriptor predicted
-# one class for 10 epochs; with the neck it reached 0.60 test accuracy in 3).  The ResNets' maps
+# one class for 10 epochs; standardised, it reached 0.60 test accuracy in 3).  The ResNets' maps
 # come out of BatchNorm-ReLU blocks already at unit scale.
-DEFAULT_NECK = {"dlib_face": "bn"}
+DEFAULT_NECK = {"dlib_face": "actnorm"}
 
 
 def register_backbone(name: str) -> Callable:
@@ -41,7 +41,7 @@ class FERNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = backbone.out_dim
-        self.neck = PooledBatchNorm(backbone.out_dim) if neck else nn.Identity()
+        self.neck = ActNorm(backbone.out_dim) if neck else nn.Identity()
         self.fc = nn.Linear(backbone.out_dim, num_classes)
 
     def forward(self, x: torch.Tensor, return_map: bool = False) -> dict[str, torch.Tensor]:
@@ -89,11 +89,11 @@ def build_model(arch: str, num_classes: int, width: int = 64, stem: str = "image
     if neck not in NECKS:
         raise ValueError(f"model.neck must be one of {NECKS} (or null: the arch's own), got {neck!r}")
     if arch in SELF_LOADING:  # its own fixed widths and stem: model.width and model.stem do not apply
-        return FERNet(BACKBONES[arch](input_size=input_size, pretrained=pretrained), num_classes, neck == "bn")
+        return FERNet(BACKBONES[arch](input_size=input_size, pretrained=pretrained), num_classes, neck == "actnorm")
     if input_size is not None:
         raise ValueError(f"model.input_size applies to {sorted(SELF_LOADING)} (which resize their input); "
                          f"{arch} takes data.image_size as it is")
     backbone = BACKBONES[arch](width=width, stem=stem)
     if pretrained:
         load_backbone_weights(backbone, pretrained)
-    return FERNet(backbone, num_classes, neck == "bn")
+    return FERNet(backbone, num_classes, neck == "actnorm")
