@@ -127,8 +127,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
 
 # ---- fault 3: a sweep's runs end with it, and a rerun never races them ----
 
-def sweep_file(tmp_path, seeds):
-    overrides = [o for o in small("x") if not o.startswith("run.dir")]
+def sweep_file(tmp_path, seeds, *extra):
+    overrides = [o for o in small("x", *extra) if not o.startswith("run.dir")]
     spec = {"method": "grid", "command": ["ldl", "train", *overrides, "${args_no_hyphens}"],
             "parameters": {"seed": {"values": seeds}}}
     path = tmp_path / "sweep.yaml"
@@ -136,10 +136,10 @@ def sweep_file(tmp_path, seeds):
     return path
 
 
-def start_sweep(tmp_path, seeds, workers=None):
+def start_sweep(tmp_path, seeds, *extra, workers=None):
     """A sweep of one run per seed, `workers` at a time (default all at once), in its own session;
     returned once every started run has finished its first epoch."""
-    path, out = sweep_file(tmp_path, seeds), tmp_path / "sweep"
+    path, out = sweep_file(tmp_path, seeds, *extra), tmp_path / "sweep"
     workers = workers or len(seeds)
     proc = subprocess.Popen(ldl("sweep", path, "--out", out, "--workers", workers), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -148,14 +148,19 @@ def start_sweep(tmp_path, seeds, workers=None):
 
 
 def test_killed_sweep_leaves_no_orphans_and_rerun_resumes_once(tmp_path, stray_processes):
-    sweep, path, out = start_sweep(tmp_path, [0, 1])
+    # Larger epochs, so that the run to write its first checkpoint last is still training when
+    # killed; the other may have finished meanwhile (its process started first), and is then skipped.
+    sweep, path, out = start_sweep(tmp_path, [0, 1], "data.synthetic.num_train=600")
     sweep.kill()
+    finished = {run.parent.name for run in out.glob("*/summary.json")}
     sweep.wait()
     wait_until(lambda: not living(tmp_path), 20, "the killed sweep's runs to end")
+    assert len(finished) < 2, "both runs finished before the kill: nothing was tested"
     assert main(["sweep", str(path), "--out", str(out), "--workers", "2"]) == 0
     for run in [d for d in out.iterdir() if d.is_dir()]:
         assert epochs_recorded(run) == list(range(1, EPOCHS + 1)), run
-        assert len(json.loads((run / "meta.json").read_text())["resumed_at"]) == 1, run
+        resumes = len(json.loads((run / "meta.json").read_text())["resumed_at"])
+        assert resumes == (0 if run.name in finished else 1), run
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
