@@ -152,9 +152,9 @@ def test_killed_sweep_leaves_no_orphans_and_rerun_resumes_once(tmp_path, stray_p
     # killed; the other may have finished meanwhile (its process started first), and is then skipped.
     sweep, path, out = start_sweep(tmp_path, [0, 1], "data.synthetic.num_train=600")
     sweep.kill()
-    finished = {run.parent.name for run in out.glob("*/summary.json")}
     sweep.wait()
     wait_until(lambda: not living(tmp_path), 20, "the killed sweep's runs to end")
+    finished = {run.parent.name for run in out.glob("*/summary.json")}   # read once none can still write
     assert len(finished) < 2, "both runs finished before the kill: nothing was tested"
     assert main(["sweep", str(path), "--out", str(out), "--workers", "2"]) == 0
     for run in [d for d in out.iterdir() if d.is_dir()]:
